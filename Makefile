@@ -1,0 +1,41 @@
+# `make repro` and `make test` each work from a fresh clone: both run `make setup` first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup repro test test-fast lint bench sources clean-venv
+
+setup: $(STAMP)
+	@bash scripts/install-debs.sh
+	@$(BIN)/ddb sources
+
+# Re-installs only when the requirements or the project metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+repro: setup
+	$(BIN)/dvc repro
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: setup lint
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/time_pipeline.py
+
+sources: $(STAMP)
+	$(BIN)/ddb sources
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,125 @@
+"""Time `dvc repro` from scratch, stage by stage, and the no-op `dvc repro`.
+
+Runs in a scratch copy of the project (so the repo's own outputs are untouched) and
+writes its section of reports/benchmarks.md. Usage:
+
+    python benchmarks/time_pipeline.py            # pipeline and no-op
+    python benchmarks/time_pipeline.py --setup    # also a fresh `pip install` of requirements
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["prepare", "erm", "baselines", "evaluate", "report"]
+
+
+def run(args: list[str], cwd: Path) -> float:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    start = time.perf_counter()
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def scratch_project(root: Path) -> None:
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "src"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    (root / "data").mkdir()
+    shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+
+
+def time_setup() -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        venv = Path(tmp) / "venv"
+        start = time.perf_counter()
+        run(["python3", "-m", "venv", str(venv)], REPO)
+        run([str(venv / "bin/pip"), "install", "-q", "-r", "requirements.txt"], REPO)
+        run([str(venv / "bin/pip"), "install", "-q", "--no-deps", "-e", "."], REPO)
+        return time.perf_counter() - start
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, no GPU used"
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace this script's section of reports/benchmarks.md, keeping the others."""
+    path = REPO / "reports/benchmarks.md"
+    text = (
+        path.read_text()
+        if path.is_file()
+        else "# Benchmarks\n\nEach section is written by the script it names.\n"
+    )
+    begin, end = f"<!-- begin: {name} -->", f"<!-- end: {name} -->"
+    section = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--setup", action="store_true", help="also time a fresh pip install")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        scratch_project(root)
+        stage_seconds = {
+            stage: run(["dvc", "repro", "--single-item", stage], root) for stage in STAGES
+        }
+        noop = [run(["dvc", "repro"], root) for _ in range(3)]
+    total = sum(stage_seconds.values())
+    lines = [
+        "## Pipeline (`benchmarks/time_pipeline.py`)",
+        "",
+        f"Measured {datetime.date.today()} on {machine()}; default params.yaml, "
+        "each stage run by `dvc repro --single-item <stage>` in a scratch copy "
+        "(DVC start-up included).",
+        "",
+        "| step | seconds | target |",
+        "|---|---|---|",
+        *(f"| {stage} | {seconds:.1f} | |" for stage, seconds in stage_seconds.items()),
+        f"| **whole pipeline** | **{total:.1f}** ({total / 60:.1f} min) | ≤ 300 s |",
+        f"| no-op `dvc repro` (median of 3) | {statistics.median(noop):.2f} | ≤ 2 s |",
+    ]
+    if args.setup:
+        lines.append(
+            f"| fresh venv + `pip install -r requirements.txt` | {time_setup():.0f} | ≤ 300 s |"
+        )
+    body = "\n".join(lines)
+    write_section("time_pipeline", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

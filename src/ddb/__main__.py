@@ -1,0 +1,3 @@
+from ddb.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""`ddb <stage>` / `python -m ddb <stage>`: thin entry points that DVC calls."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+STAGES = {
+    "prepare": "build the embedded benchmark into data/prepared",
+    "erm": "train the ERM classifier (models/erm)",
+    "baselines": "train the baselines listed in baselines.methods (models/baselines)",
+    "evaluate": "group metrics of every model on val and test (reports/metrics.json)",
+    "report": "results table and figures (reports/results.md, reports/figures)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ddb", description=__doc__)
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: params.yaml)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, help_text in STAGES.items():
+        commands.add_parser(name, help=help_text)
+    commands.add_parser(
+        "sources", help="record the benchmark's source photographs (data/sources.json)"
+    )
+    commands.add_parser("check", help="validate params.yaml and the dataset, then exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from ddb.config import ConfigError, load_config
+    from ddb.data.embedded import SourcesError
+    from ddb.data.waterbirds import DataError
+
+    try:
+        if args.command == "sources":
+            return record_sources()
+        config = load_config(args.params)
+        if args.command == "check":
+            from ddb.data.waterbirds import load_dataset
+
+            load_dataset(config.data, check=True)
+            print("params and data are valid")
+            return 0
+        importlib.import_module(f"ddb.stages.{args.command}").run(config)
+    except (ConfigError, DataError, SourcesError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def record_sources() -> int:
+    """Write data/sources.json only when its content changes (then prepare re-runs)."""
+    from ddb import paths
+    from ddb.data.embedded import SourcesError, describe_sources
+    from ddb.utils import write_text
+
+    try:
+        text = json.dumps(describe_sources(), indent=2) + "\n"
+    except SourcesError as err:
+        # Not fatal for set-up: a user may bring their own data through data.root.
+        print(f"warning: {err}", file=sys.stderr)
+        return 0
+    if not paths.SOURCES.is_file() or paths.SOURCES.read_text() != text:
+        write_text(paths.SOURCES, text)
+        print(f"recorded the benchmark's source photographs in {paths.SOURCES}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""Typed, validated params: every stage loads params.yaml through `load_config`.
+
+A wrong type, an unknown key or a value out of range raises `ConfigError` naming the key,
+before any stage starts work. Each section is a dataclass keyed like params.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+BASELINES = ("group_balanced",)
+
+
+class ConfigError(ValueError):
+    """A bad value in params.yaml; the message names the key and what to do."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which Waterbirds-format folder the classifiers train on, and its group names."""
+
+    root: str = "data/prepared"
+    class_names: list[str] = field(default_factory=lambda: ["landbird", "waterbird"])
+    place_names: list[str] = field(default_factory=lambda: ["land", "water"])
+    image_size: int = 64  # classifier input side, in pixels
+
+    def validate(self) -> None:
+        _require(len(self.class_names) >= 2, "data.class_names", "needs at least 2 classes")
+        _require(len(self.place_names) >= 1, "data.place_names", "needs at least 1 place")
+        for key, names in (
+            ("data.class_names", self.class_names),
+            ("data.place_names", self.place_names),
+        ):
+            _require(len(set(names)) == len(names), key, f"has repeated names: {names}")
+        _require(self.image_size >= 16, "data.image_size", f"must be >= 16, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """The embedded Waterbirds-like benchmark (see data/embedded.py)."""
+
+    seed: int = 0
+    image_size: int = 64
+    correlation: float = 0.95  # share of each class's train images on its own place
+    train_per_class: int = 2000
+    val_per_group: int = 100
+    test_per_group: int = 300
+    bird_scale: list[float] = field(default_factory=lambda: [0.55, 0.9])  # bird side / image side
+    holdout_species: list[str] = field(default_factory=list)  # kept out of train
+
+    def validate(self) -> None:
+        _require(
+            0.5 < self.correlation <= 1.0,
+            "prepare.correlation",
+            f"must be in (0.5, 1], got {self.correlation}",
+        )
+        for key in ("train_per_class", "val_per_group", "test_per_group"):
+            value = getattr(self, key)
+            _require(value >= 1, f"prepare.{key}", f"must be >= 1 (an empty split), got {value}")
+        _require(
+            self.image_size >= 16, "prepare.image_size", f"must be >= 16, got {self.image_size}"
+        )
+        lo, hi = (self.bird_scale + [None, None])[:2]
+        _require(
+            len(self.bird_scale) == 2 and 0 < lo <= hi <= 1,
+            "prepare.bird_scale",
+            f"must be [min, max] with 0 < min <= max <= 1, got {self.bird_scale}",
+        )
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The training recipe shared by ERM and the baselines (one place, so they compare)."""
+
+    arch: str = "resnet18"
+    pretrained: bool = False  # ImageNet weights, only from the local torch cache
+    optimizer: str = "adam"
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    epochs: int = 5
+    schedule: str = "cosine"  # constant | cosine (per step, to 0)
+    augment: bool = True  # RandomResizedCrop + horizontal flip
+    crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
+    num_workers: int = 0
+    device: str = "auto"  # auto (GPU if present) | cpu | cuda
+
+    def validate(self) -> None:
+        _require_choice("classifier.device", self.device, ("auto", "cpu", "cuda"))
+        _require_choice("classifier.arch", self.arch, ARCHITECTURES)
+        _require_choice("classifier.schedule", self.schedule, ("constant", "cosine"))
+        _require_choice("classifier.optimizer", self.optimizer, OPTIMIZERS)
+        _require(self.lr > 0, "classifier.lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, "classifier.weight_decay", "must be >= 0")
+        _require(0 <= self.momentum < 1, "classifier.momentum", "must be in [0, 1)")
+        _require(self.batch_size >= 1, "classifier.batch_size", "must be >= 1")
+        _require(self.epochs >= 1, "classifier.epochs", "must be >= 1")
+        _require(self.num_workers >= 0, "classifier.num_workers", "must be >= 0")
+        lo, hi = (self.crop_scale + [None, None])[:2]
+        _require(
+            len(self.crop_scale) == 2 and 0 < lo <= hi <= 1,
+            "classifier.crop_scale",
+            f"must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale}",
+        )
+
+
+@dataclass(frozen=True)
+class ErmConfig:
+    seed: int = 0  # reaches the erm stage only
+
+
+@dataclass(frozen=True)
+class GroupBalancedConfig:
+    mode: str = "sampling"  # "sampling": group-balanced batches; "loss": 1/n_group loss weights
+
+    def validate(self) -> None:
+        _require_choice("baselines.group_balanced.mode", self.mode, ("sampling", "loss"))
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    seed: int = 0  # reaches the baselines stage only
+    methods: list[str] = field(default_factory=lambda: ["group_balanced"])
+    group_balanced: GroupBalancedConfig = field(default_factory=GroupBalancedConfig)
+
+    def validate(self) -> None:
+        for method in self.methods:
+            _require_choice("baselines.methods", method, BASELINES)
+        self.group_balanced.validate()
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    confidence: float = 0.95
+    bootstrap: int = 1000  # resamples for the intervals of WGA and the means
+    seed: int = 0  # bootstrap resampling only
+
+    def validate(self) -> None:
+        _require(0 < self.confidence < 1, "evaluate.confidence", "must be in (0, 1)")
+        _require(self.bootstrap >= 100, "evaluate.bootstrap", "must be >= 100")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    erm: ErmConfig = field(default_factory=ErmConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read and validate params.yaml; missing keys take the defaults above."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    config = from_dict(Config, raw, prefix="")
+    config.validate()
+    return config
+
+
+def from_dict(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping, checking keys and types recursively."""
+    where = prefix.rstrip(".") or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = (
+                f"; did you mean '{prefix}{close[0]}'?" if close else f"; known: {', '.join(names)}"
+            )
+            raise ConfigError(f"params.yaml: unknown key '{prefix}{key}'{hint}")
+    values = {key: _coerce(hints[key], raw[key], f"{prefix}{key}") for key in raw}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, prefix=f"{key}.")
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"params.yaml: '{key}' must be a list, got {value!r}")
+        return [_coerce(item_type, item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[hint]
+    if not ok:
+        raise ConfigError(
+            f"params.yaml: '{key}' must be {hint.__name__}, got {value!r} ({type(value).__name__})"
+        )
+    return float(value) if hint is float else value
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"params.yaml: '{key}' {message}")
+
+
+def _require_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"params.yaml: '{key}' is '{value}'{hint}; choose one of {', '.join(choices)}"
+        )

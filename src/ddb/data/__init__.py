@@ -1,0 +1,1 @@
+"""Datasets: the Waterbirds-format reader shared by all, and the embedded benchmark."""

@@ -1,0 +1,93 @@
+"""Classifier factory: torchvision ResNets by name, saved and loaded with their recipe."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision import transforms as T
+
+from ddb.config import ConfigError
+
+# name -> (constructor, ImageNet weights enum)
+ARCHITECTURES = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_classifier(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
+    """A ResNet with a fresh `num_classes` head; ImageNet weights only from the local cache."""
+    if arch not in ARCHITECTURES:
+        close = difflib.get_close_matches(arch, ARCHITECTURES, n=3)
+        raise ConfigError(
+            f"unknown classifier '{arch}'; did you mean {close or list(ARCHITECTURES)}?"
+        )
+    constructor, weights = ARCHITECTURES[arch]
+    if not pretrained:
+        return constructor(weights=None, num_classes=num_classes)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        raise ConfigError(
+            f"params.yaml: 'classifier.pretrained' is true but the ImageNet weights of {arch} are "
+            f"not in the local torch cache ({cached}). Download them on a machine with internet "
+            f"(python -c \"import torchvision; torchvision.models.{arch}(weights='DEFAULT')\") and "
+            "copy the file there, or set classifier.pretrained: false."
+        )
+    model = constructor(weights=None)
+    model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+    reset_head(model, num_classes)
+    return model
+
+
+def reset_head(model: nn.Module, num_classes: int) -> None:
+    """Replace the final layer with a freshly initialised one."""
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+
+
+def train_transform(image_size: int, augment: bool, crop_scale=(0.7, 1.0)):
+    steps = (
+        [T.RandomResizedCrop(image_size, scale=tuple(crop_scale)), T.RandomHorizontalFlip()]
+        if augment
+        else _resize_center(image_size)
+    )
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def eval_transform(image_size: int):
+    """Resize to 8/7 of the side then center-crop (224 <- 256, as DFR and torchvision do)."""
+    return T.Compose(
+        [*_resize_center(image_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+
+
+def _resize_center(image_size: int):
+    return [T.Resize(int(round(image_size * 256 / 224))), T.CenterCrop(image_size)]
+
+
+def save_classifier(
+    model: nn.Module, arch: str, num_classes: int, path: str | Path, **extra
+) -> None:
+    from ddb.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(
+            {"arch": arch, "num_classes": num_classes, "state_dict": model.state_dict(), **extra},
+            tmp,
+        )
+
+
+def load_classifier(path: str | Path) -> nn.Module:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: classifier checkpoint not found; run `dvc repro` first")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_classifier(checkpoint["arch"], checkpoint["num_classes"], pretrained=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()

@@ -1,0 +1,13 @@
+"""Where each stage reads and writes; dvc.yaml declares the same paths."""
+
+from pathlib import Path
+
+SOURCES = Path("data/sources.json")
+PREPARED = Path("data/prepared")
+MODELS = Path("models")
+ERM = MODELS / "erm"
+BASELINES = MODELS / "baselines"
+PREDICTIONS = MODELS / "evaluate"
+REPORTS = Path("reports")
+FIGURES = REPORTS / "figures"
+METRICS = REPORTS / "metrics.json"

@@ -1,0 +1,55 @@
+"""erm: the plain ERM classifier (the model whose shortcut DDB fixes).
+
+Writes models/erm/: `model.pt` (val-WGA-selected checkpoint), `history.csv` (per-epoch
+train loss/accuracy and val WGA/mean accuracy) and `train_outputs.csv` (per-sample
+cross-entropy and softmax of the selected checkpoint on every train image, under the eval
+transform; DDB's `select` ranks its sources by these per-sample losses).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from ddb import paths
+from ddb.config import Config
+from ddb.data.waterbirds import ImageTable, load_dataset, split_table
+from ddb.models.classifier import eval_transform, save_classifier
+from ddb.training import fit_classifier, predict
+from ddb.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config) -> None:
+    root, table, groups = load_dataset(config.data)
+    result = fit_classifier(config, root, table, groups.n_classes, config.erm.seed)
+    train = split_table(table, "train")
+    train_set = ImageTable(root, train, eval_transform(config.data.image_size))
+    outputs = per_sample_outputs(result.model, train_set, train)
+    with atomic_path(paths.ERM) as out:
+        out.mkdir()
+        save_classifier(
+            result.model,
+            config.classifier.arch,
+            groups.n_classes,
+            out / "model.pt",
+            best_epoch=result.best_epoch,
+        )
+        pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+        outputs.to_csv(out / "train_outputs.csv", index=False)
+    log.info("saved %s", paths.ERM)
+
+
+def per_sample_outputs(model, dataset, train: pd.DataFrame) -> pd.DataFrame:
+    """Per-sample loss and softmax; no group column (DDB must not read train groups)."""
+    out = predict(model, dataset)
+    probs = out["probs"]
+    loss = -np.log(np.clip(probs[np.arange(len(probs)), out["y"]], 1e-12, None))
+    frame = pd.DataFrame({"img_filename": train["img_filename"], "y": out["y"], "loss": loss})
+    for c in range(probs.shape[1]):
+        frame[f"prob_{c}"] = probs[:, c]
+    frame["pred"] = probs.argmax(1)
+    return frame

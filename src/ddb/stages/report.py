@@ -1,0 +1,164 @@
+"""report: reports/results.md (one row per method) and its figures.
+
+Reads reports/metrics.json and the per-epoch histories of the training stages; writes
+reports/results.md, reports/figures/group_accuracy.png and
+reports/figures/learning_curves.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ddb import paths  # noqa: E402
+from ddb.config import Config  # noqa: E402
+from ddb.data.waterbirds import groups_of  # noqa: E402
+from ddb.utils import atomic_path, write_text  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# method -> (display name, uses train group labels, uses val group labels)
+METHODS = {
+    "erm": ("ERM", "no", "yes (model selection)"),
+    "group_balanced": ("Group-balanced ERM (oracle)", "yes", "yes (model selection)"),
+}
+
+
+def run(config: Config) -> None:
+    metrics = json.loads(paths.METRICS.read_text())
+    histories = {method: _history_path(method) for method in metrics}
+    histories = {m: pd.read_csv(p) for m, p in histories.items() if p.is_file()}
+    predictions = pd.read_csv(paths.PREDICTIONS / "predictions.csv")
+    test = predictions[(predictions.split == "test") & (predictions.method == next(iter(metrics)))]
+    sizes = {name: int((test.group == g).sum()) for g, name in enumerate(groups_of(config).names)}
+    sizes = {name: n for name, n in sizes.items() if n}
+    write_text(
+        paths.REPORTS / "results.md", results_markdown(metrics, config.evaluate.confidence, sizes)
+    )
+    plot_group_accuracy(metrics, paths.FIGURES / "group_accuracy.png")
+    plot_learning_curves(histories, paths.FIGURES / "learning_curves.png")
+    log.info("wrote %s", paths.REPORTS / "results.md")
+
+
+def _history_path(method: str) -> Path:
+    return (
+        paths.ERM / "history.csv" if method == "erm" else paths.BASELINES / method / "history.csv"
+    )
+
+
+def _cell(value: float, interval: list[float]) -> str:
+    return f"{100 * value:.1f} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
+def results_table(metrics: dict, split: str = "test") -> str:
+    """Markdown table: one row per method, accuracies in % with intervals."""
+    group_names = list(next(iter(metrics.values()))[split]["groups"])
+    header = [
+        "method",
+        "train groups",
+        "val groups",
+        "WGA",
+        "mean acc",
+        "adjusted mean acc",
+        *group_names,
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, by_split in metrics.items():
+        m = by_split[split]
+        name, train_groups, val_groups = METHODS.get(method, (method, "?", "?"))
+        cells = [
+            name,
+            train_groups,
+            val_groups,
+            _cell(m["wga"], m["ci"]["wga"]),
+            _cell(m["mean_acc"], m["ci"]["mean_acc"]),
+            _cell(m["adjusted_mean_acc"], m["ci"]["adjusted_mean_acc"]),
+            *(_cell(m["groups"][g], m["ci"]["groups"][g]) for g in group_names),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_markdown(metrics: dict, confidence: float, test_sizes: dict[str, int]) -> str:
+    sizes = ", ".join(f"{g} {n}" for g, n in test_sizes.items())
+    level = f"{100 * confidence:g}%"
+    return "\n".join(
+        [
+            "# Results",
+            "",
+            f"Test accuracy (%) per method, with {level} intervals in brackets (Wilson for each "
+            "group; a bootstrap within groups for WGA and the means). Test group sizes: "
+            f"{sizes}.",
+            "",
+            "- **WGA**: worst-group accuracy, the minimum over groups.",
+            "- **mean acc**: plain accuracy over all test samples.",
+            "- **adjusted mean acc**: per-group test accuracy weighted by the *train* group "
+            "sizes (the GroupDRO/JTT/DFR convention). The two means differ when test is "
+            "balanced and train is not; papers mix them, so both are given, labelled.",
+            "- **train groups / val groups**: which group labels a method uses.",
+            "",
+            results_table(metrics, "test"),
+            "",
+            "## Validation",
+            "",
+            results_table(metrics, "val"),
+            "",
+            "![per-group test accuracy](figures/group_accuracy.png)",
+            "",
+            "![validation WGA per epoch](figures/learning_curves.png)",
+            "",
+        ]
+    )
+
+
+def plot_group_accuracy(metrics: dict, out: Path) -> None:
+    methods = list(metrics)
+    group_names = list(metrics[methods[0]]["test"]["groups"])
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.6 * len(group_names) + 2, 3.5))
+    for i, method in enumerate(methods):
+        m = metrics[method]["test"]
+        acc = np.array([m["groups"][g] for g in group_names])
+        ci = np.array([m["ci"]["groups"][g] for g in group_names])
+        x = np.arange(len(group_names)) + (i - (len(methods) - 1) / 2) * width
+        label = f"{METHODS.get(method, (method,))[0]} (WGA {100 * m['wga']:.1f})"
+        ax.bar(x, 100 * acc, width, yerr=100 * np.abs(ci.T - acc), capsize=2, label=label)
+    ax.set_xticks(np.arange(len(group_names)), group_names)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Per-group test accuracy", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def plot_learning_curves(histories: dict[str, pd.DataFrame], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for method, history in histories.items():
+        ax.plot(
+            history["epoch"],
+            100 * history["val_wga"],
+            marker="o",
+            ms=3,
+            label=METHODS.get(method, (method,))[0],
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation WGA (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("Validation worst-group accuracy per epoch", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def _save(fig, out: Path) -> None:
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,119 @@
+"""Shared fixtures: tiny datasets in the exact Waterbirds format, tiny configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ddb.config import Config, load_config
+from ddb.data.embedded import source_paths
+
+REPO = Path(__file__).resolve().parents[1]
+
+needs_sources = pytest.mark.skipif(
+    any(not path.is_file() for _, path in source_paths().values()),
+    reason="the Debian image packages of the embedded benchmark are not installed (make setup)",
+)
+
+
+def write_waterbirds_folder(
+    root: Path, per_group: dict[int, tuple[int, int, int]], size: int = 24
+) -> Path:
+    """A folder laid out like waterbird_complete95_forest2water2.
+
+    per_group: group -> (n_train, n_val, n_test). The bird is a bright square whose colour
+    depends on the class; the background colour depends on the place, so a classifier can
+    learn either.
+    """
+    rng = np.random.default_rng(0)
+    rows, img_id = [], 1
+    species = {0: "086.Pacific_Loon", 1: "001.Black_footed_Albatross"}
+    places = {0: "/b/bamboo_forest/00000001.jpg", 1: "/o/ocean/00002178.jpg"}
+    for group, counts in per_group.items():
+        y, place = divmod(group, 2)
+        for split, n in enumerate(counts):
+            for _ in range(n):
+                name = f"{species[y]}/{species[y].split('.')[1]}_{img_id:04d}_{img_id}.jpg"
+                pixels = np.zeros((size, size, 3), np.uint8)
+                pixels[...] = (40, 160, 40) if place == 0 else (40, 40, 200)
+                pixels += rng.integers(0, 30, pixels.shape, dtype=np.uint8)
+                lo, hi = size // 4, 3 * size // 4
+                pixels[lo:hi, lo:hi] = (250, 250, 0) if y == 1 else (120, 60, 0)
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(root / name, quality=95)
+                rows.append(
+                    {
+                        "img_id": img_id,
+                        "img_filename": name,
+                        "y": y,
+                        "split": split,
+                        "place": place,
+                        "place_filename": places[place],
+                    }
+                )
+                img_id += 1
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def waterbirds_folder(tmp_path: Path) -> Path:
+    counts = {0: (12, 2, 3), 1: (2, 2, 3), 2: (2, 2, 3), 3: (12, 2, 3)}
+    return write_waterbirds_folder(tmp_path / "waterbirds", counts)
+
+
+TINY_PARAMS = """\
+data:
+  root: {root}
+  image_size: 32
+prepare:
+  seed: 0
+  image_size: 32
+  train_per_class: 20
+  val_per_group: 3
+  test_per_group: 4
+classifier:
+  arch: resnet18
+  optimizer: adam
+  lr: 0.001
+  batch_size: 8
+  epochs: 2
+  device: cpu
+erm:
+  seed: 0
+baselines:
+  seed: 0
+evaluate:
+  bootstrap: 200
+"""
+
+
+def tiny_config(root: Path | str = "data/prepared", **sections) -> Config:
+    """The tiny profile as a Config, with optional section overrides."""
+    config = load_config_text(TINY_PARAMS.format(root=root))
+    return dataclasses.replace(config, **sections)
+
+
+def load_config_text(text: str) -> Config:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(text)
+        return load_config(path)
+
+
+@pytest.fixture
+def in_tmp_repo(tmp_path: Path, monkeypatch) -> Path:
+    """Run with the cwd in an empty project folder holding data/sources.json."""
+    (tmp_path / "data").mkdir()
+    if (REPO / "data/sources.json").is_file():
+        shutil.copy(REPO / "data/sources.json", tmp_path / "data/sources.json")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

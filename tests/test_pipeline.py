@@ -1,0 +1,80 @@
+"""End to end: `dvc repro` of the whole pipeline on the tiny profile, then the no-op and an
+experiment, as a user runs them."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TINY_PARAMS, needs_sources
+
+pytestmark = [pytest.mark.slow, needs_sources]
+
+
+def _run(*args, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, f"{args} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", ".dvcignore", "src"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    (root / "data").mkdir()
+    shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
+    (root / "params.yaml").write_text(TINY_PARAMS.format(root="data/prepared"))
+    _run("git", "init", "-q", cwd=root)
+    _run("dvc", "init", "-q", cwd=root)
+    _run("dvc", "config", "core.analytics", "false", cwd=root)
+    _run("dvc", "repro", cwd=root)
+    return root
+
+
+def test_repro_writes_every_metric(project):
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert list(metrics) == ["erm", "group_balanced"]
+    for method in metrics.values():
+        for split in ("val", "test"):
+            m = method[split]
+            assert set(m["groups"]) == {
+                "landbird_land",
+                "landbird_water",
+                "waterbird_land",
+                "waterbird_water",
+            }
+            assert m["wga"] == min(m["groups"].values())
+            assert 0 <= m["ci"]["wga"][0] <= m["wga"] <= m["ci"]["wga"][1] <= 1
+    results = (project / "reports/results.md").read_text()
+    assert "| ERM |" in results and "| Group-balanced ERM (oracle) |" in results
+    for figure in ("data_grid", "group_accuracy", "learning_curves"):
+        assert (project / f"reports/figures/{figure}.png").stat().st_size > 1000
+
+
+def test_second_repro_does_nothing(project):
+    assert "Data and pipelines are up to date" in _run("dvc", "repro", cwd=project)
+    assert "up to date" in _run("dvc", "status", cwd=project)
+
+
+def test_seed_experiment_reruns_only_what_the_seed_feeds(project):
+    _run("git", "add", "-A", cwd=project)
+    _run(
+        "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline", cwd=project
+    )
+    out = _run("dvc", "exp", "run", "-S", "erm.seed=1", cwd=project)
+    assert "Running stage 'erm'" in out and "Running stage 'evaluate'" in out
+    assert "Running stage 'prepare'" not in out and "Running stage 'baselines'" not in out
+    table = json.loads(_run("dvc", "exp", "show", "--json", cwd=project))
+    wgas = [
+        exp["data"]["metrics"]["reports/metrics.json"]["data"]["erm"]["test"]["wga"]
+        for commit in table
+        for exp in [commit, *[e["revs"][0] for e in commit.get("experiments") or []]]
+    ]
+    assert len(wgas) == 2  # the baseline's and the experiment's

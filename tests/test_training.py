@@ -1,0 +1,87 @@
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ddb import paths
+from ddb.data.waterbirds import ImageTable, load_dataset, split_table
+from ddb.models.classifier import build_classifier, eval_transform, train_transform
+from ddb.stages import erm
+from ddb.stages.baselines import group_balanced_weights
+from ddb.training import predict, train_classifier
+from ddb.utils import seed_everything
+from tests.conftest import tiny_config
+
+
+def test_group_balanced_weights_give_every_group_the_same_total():
+    groups = np.array([0] * 90 + [1] * 5 + [2] * 3 + [3] * 2)
+    weights = group_balanced_weights(groups)
+    totals = [weights[groups == g].sum() for g in range(4)]
+    assert totals == pytest.approx([1.0] * 4)
+
+
+def _fit(folder, model=None, **weights):
+    config = tiny_config(folder)
+    cfg = dataclasses.replace(config.classifier, epochs=3, batch_size=8, augment=False)
+    root, table, groups = load_dataset(config.data)
+    train = split_table(table, "train")
+    seed_everything(0)
+    model = model or build_classifier("resnet18", 2)
+    result = train_classifier(
+        model,
+        ImageTable(root, train, train_transform(32, False)),
+        ImageTable(root, split_table(table, "val"), eval_transform(32)),
+        cfg,
+        seed=0,
+        **weights,
+    )
+    return result, predict(
+        result.model, ImageTable(root, split_table(table, "test"), eval_transform(32))
+    )
+
+
+def test_selected_checkpoint_is_the_best_validation_wga(waterbirds_folder):
+    result, _ = _fit(waterbirds_folder)
+    history = pd.DataFrame(result.history)
+    assert len(history) == 3
+    best = history.loc[history.epoch == result.best_epoch, "val_wga"].item()
+    assert best == history.val_wga.max()
+
+
+@pytest.mark.parametrize("kind", ["sample_weights", "loss_weights"])
+def test_weights_reach_the_loss(waterbirds_folder, kind):
+    # All weight on class 0: a trainer that ignored the weights would learn class 1 too.
+    # A linear model (no batch norm) makes the outcome certain on so little data.
+    table = load_dataset(tiny_config(waterbirds_folder).data)[1]
+    y = split_table(table, "train")["y"].to_numpy()
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2))
+    _, out = _fit(waterbirds_folder, model=linear, **{kind: (y == 0).astype(float)})
+    assert (out["probs"].argmax(1) == 0).all()
+
+
+def test_erm_stage_is_bit_for_bit_reproducible(in_tmp_repo, waterbirds_folder, monkeypatch):
+    config = tiny_config(waterbirds_folder)
+    erm.run(config)
+    first_outputs = (paths.ERM / "train_outputs.csv").read_text()
+    first_state = torch.load(paths.ERM / "model.pt", weights_only=True)["state_dict"]
+    erm.run(config)
+    assert (paths.ERM / "train_outputs.csv").read_text() == first_outputs
+    second_state = torch.load(paths.ERM / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first_state[k], second_state[k]) for k in first_state)
+    outputs = pd.read_csv(paths.ERM / "train_outputs.csv")
+    assert "group" not in outputs and "place" not in outputs  # DDB must not see train groups
+    probs = outputs[["prob_0", "prob_1"]].to_numpy()
+    assert probs.sum(1) == pytest.approx(1.0, abs=1e-5)
+    expected_loss = -np.log(probs[np.arange(len(outputs)), outputs.y])
+    assert outputs.loss.to_numpy() == pytest.approx(expected_loss, rel=1e-4)
+
+
+def test_another_seed_gives_another_model(in_tmp_repo, waterbirds_folder):
+    config = tiny_config(waterbirds_folder)
+    erm.run(config)
+    first = torch.load(paths.ERM / "model.pt", weights_only=True)["state_dict"]["fc.weight"]
+    erm.run(dataclasses.replace(config, erm=dataclasses.replace(config.erm, seed=1)))
+    second = torch.load(paths.ERM / "model.pt", weights_only=True)["state_dict"]["fc.weight"]
+    assert not torch.equal(first, second)
