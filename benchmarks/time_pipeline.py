@@ -98,6 +98,9 @@ def main() -> None:
             stage: run(["dvc", "repro", "--single-item", stage], root) for stage in STAGES
         }
         noop = [run(["dvc", "repro"], root) for _ in range(3)]
+        same = (root / "reports/metrics.json").read_text() == (
+            REPO / "reports/metrics.json"
+        ).read_text()
     total = sum(stage_seconds.values())
     lines = [
         "## Pipeline (`benchmarks/time_pipeline.py`)",
@@ -112,6 +115,8 @@ def main() -> None:
         f"| **whole pipeline** | **{total:.1f}** ({total / 60:.1f} min) | ≤ 300 s |",
         f"| no-op `dvc repro` (median of 3) | {statistics.median(noop):.2f} | ≤ 2 s |",
     ]
+    verdict = "identical to" if same else "DIFFERENT from"
+    lines += ["", f"The scratch run's reports/metrics.json is {verdict} the repository's."]
     if args.setup:
         lines.append(
             f"| fresh venv + `pip install -r requirements.txt` | {time_setup():.0f} | ≤ 300 s |"

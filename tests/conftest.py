@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from ddb.config import Config, load_config
@@ -68,35 +69,28 @@ def waterbirds_folder(tmp_path: Path) -> Path:
     return write_waterbirds_folder(tmp_path / "waterbirds", counts)
 
 
-TINY_PARAMS = """\
-data:
-  root: {root}
-  image_size: 32
-prepare:
-  seed: 0
-  image_size: 32
-  train_per_class: 20
-  val_per_group: 3
-  test_per_group: 4
-classifier:
-  arch: resnet18
-  optimizer: adam
-  lr: 0.001
-  batch_size: 8
-  epochs: 2
-  device: cpu
-erm:
-  seed: 0
-baselines:
-  seed: 0
-evaluate:
-  bootstrap: 200
-"""
+# The tiny profile: the repo's params.yaml with these overrides (DVC needs every key a
+# stage declares to be present, so the profile starts from the full file).
+TINY_OVERRIDES = {
+    "data": {"image_size": 32},
+    "prepare": {"image_size": 32, "train_per_class": 20, "val_per_group": 3, "test_per_group": 4},
+    "classifier": {"batch_size": 8, "epochs": 2, "device": "cpu"},
+    "evaluate": {"bootstrap": 200},
+}
+
+
+def tiny_params(root: Path | str = "data/prepared", **overrides) -> str:
+    """params.yaml text of the tiny profile; `overrides` are {section: {key: value}}."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in [*TINY_OVERRIDES.items(), *overrides.items()]:
+        params[section].update(values)
+    params["data"]["root"] = str(root)
+    return yaml.safe_dump(params, sort_keys=False)
 
 
 def tiny_config(root: Path | str = "data/prepared", **sections) -> Config:
     """The tiny profile as a Config, with optional section overrides."""
-    config = load_config_text(TINY_PARAMS.format(root=root))
+    config = load_config_text(tiny_params(root))
     return dataclasses.replace(config, **sections)
 
 

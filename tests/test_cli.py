@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from tests.conftest import TINY_PARAMS
+from tests.conftest import tiny_params
 
 
 def _ddb(*args, cwd=None):
@@ -19,11 +19,7 @@ def test_help_lists_every_stage():
 
 def test_bad_params_fail_before_any_work_with_one_message(tmp_path, waterbirds_folder):
     params = tmp_path / "params.yaml"
-    params.write_text(
-        TINY_PARAMS.format(root=waterbirds_folder).replace(
-            "seed: 0\nbaselines", "seed: x\nbaselines"
-        )
-    )
+    params.write_text(tiny_params(waterbirds_folder, erm={"seed": "x"}))
     out = _ddb("--params", str(params), "erm", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
@@ -34,7 +30,7 @@ def test_bad_params_fail_before_any_work_with_one_message(tmp_path, waterbirds_f
 
 def test_corrupt_image_fails_before_training(tmp_path, waterbirds_folder):
     params = tmp_path / "params.yaml"
-    params.write_text(TINY_PARAMS.format(root=waterbirds_folder))
+    params.write_text(tiny_params(waterbirds_folder))
     victim = next(waterbirds_folder.glob("*/*.jpg"))
     victim.write_bytes(b"\x00garbage")
     out = _ddb("--params", str(params), "erm", cwd=tmp_path)
@@ -45,6 +41,6 @@ def test_corrupt_image_fails_before_training(tmp_path, waterbirds_folder):
 
 def test_check_command_validates_params_and_data(tmp_path, waterbirds_folder):
     params = tmp_path / "params.yaml"
-    params.write_text(TINY_PARAMS.format(root=waterbirds_folder))
+    params.write_text(tiny_params(waterbirds_folder))
     out = _ddb("--params", str(params), "check", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_PARAMS, needs_sources
+from tests.conftest import REPO, needs_sources, tiny_params
 
 pytestmark = [pytest.mark.slow, needs_sources]
 
@@ -30,7 +30,7 @@ def project(tmp_path_factory):
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
-    (root / "params.yaml").write_text(TINY_PARAMS.format(root="data/prepared"))
+    (root / "params.yaml").write_text(tiny_params())
     _run("git", "init", "-q", cwd=root)
     _run("dvc", "init", "-q", cwd=root)
     _run("dvc", "config", "core.analytics", "false", cwd=root)
@@ -72,9 +72,11 @@ def test_seed_experiment_reruns_only_what_the_seed_feeds(project):
     assert "Running stage 'erm'" in out and "Running stage 'evaluate'" in out
     assert "Running stage 'prepare'" not in out and "Running stage 'baselines'" not in out
     table = json.loads(_run("dvc", "exp", "show", "--json", cwd=project))
-    wgas = [
-        exp["data"]["metrics"]["reports/metrics.json"]["data"]["erm"]["test"]["wga"]
-        for commit in table
-        for exp in [commit, *[e["revs"][0] for e in commit.get("experiments") or []]]
-    ]
-    assert len(wgas) == 2  # the baseline's and the experiment's
+    seeds = set()
+    for commit in table:  # the workspace, the baseline commit and its experiments
+        for exp in [commit, *[e["revs"][0] for e in commit.get("experiments") or []]]:
+            data = exp["data"]
+            wga = data["metrics"]["reports/metrics.json"]["data"]["erm"]["test"]["wga"]
+            assert 0 <= wga <= 1
+            seeds.add(data["params"]["params.yaml"]["data"]["erm"]["seed"])
+    assert seeds == {0, 1}  # the experiment's WGA beside the baseline's

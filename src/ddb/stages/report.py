@@ -38,7 +38,9 @@ def run(config: Config) -> None:
     histories = {m: pd.read_csv(p) for m, p in histories.items() if p.is_file()}
     predictions = pd.read_csv(paths.PREDICTIONS / "predictions.csv")
     test = predictions[(predictions.split == "test") & (predictions.method == next(iter(metrics)))]
-    sizes = {name: int((test.group == g).sum()) for g, name in enumerate(groups_of(config).names)}
+    sizes = {
+        name: int((test.group == g).sum()) for g, name in enumerate(groups_of(config.data).names)
+    }
     sizes = {name: n for name, n in sizes.items() if n}
     write_text(
         paths.REPORTS / "results.md", results_markdown(metrics, config.evaluate.confidence, sizes)
