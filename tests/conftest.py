@@ -76,6 +76,7 @@ TINY_OVERRIDES = {
     "prepare": {"image_size": 32, "train_per_class": 20, "val_per_group": 3, "test_per_group": 4},
     "classifier": {"batch_size": 8, "epochs": 2, "device": "cpu"},
     "evaluate": {"bootstrap": 200},
+    "foundation_eval": {"images": 4, "steps": 2},
 }
 
 

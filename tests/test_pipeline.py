@@ -28,6 +28,8 @@ def project(tmp_path_factory):
     for name in ("dvc.yaml", ".dvcignore", "src"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    # the committed foundation models (the stage itself is frozen: never re-run here)
+    shutil.copytree(REPO / "models/foundation", root / "models/foundation")
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
     (root / "params.yaml").write_text(tiny_params())
@@ -54,7 +56,10 @@ def test_repro_writes_every_metric(project):
             assert 0 <= m["ci"]["wga"][0] <= m["wga"] <= m["ci"]["wga"][1] <= 1
     results = (project / "reports/results.md").read_text()
     assert "| ERM |" in results and "| Group-balanced ERM (oracle) |" in results
-    for figure in ("data_grid", "group_accuracy", "learning_curves"):
+    foundation = json.loads((project / "reports/foundation.json").read_text())
+    assert 0 <= foundation["seg_iou"] <= 1 and 0 <= foundation["repaint_recognised"] <= 1
+    assert foundation["outside_mask_max_change"] == 0  # paste-back keeps the source's pixels
+    for figure in ("data_grid", "group_accuracy", "learning_curves", "foundation_repaint"):
         assert (project / f"reports/figures/{figure}.png").stat().st_size > 1000
 
 

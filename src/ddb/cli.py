@@ -10,10 +10,12 @@ import sys
 
 STAGES = {
     "prepare": "build the embedded benchmark into data/prepared",
+    "foundation": "train the small offline inpainting diffusion and CLIPSeg (models/foundation)",
     "erm": "train the ERM classifier (models/erm)",
     "baselines": "train the baselines listed in baselines.methods (models/baselines)",
     "evaluate": "group metrics of every model on val and test (reports/metrics.json)",
     "report": "results table and figures (reports/results.md, reports/figures)",
+    "foundation_report": "measure the foundation models (reports/foundation.md)",
 }
 
 

@@ -70,12 +70,7 @@ class PrepareConfig:
         _require(
             self.image_size >= 16, "prepare.image_size", f"must be >= 16, got {self.image_size}"
         )
-        lo, hi = (self.bird_scale + [None, None])[:2]
-        _require(
-            len(self.bird_scale) == 2 and 0 < lo <= hi <= 1,
-            "prepare.bird_scale",
-            f"must be [min, max] with 0 < min <= max <= 1, got {self.bird_scale}",
-        )
+        _require_fraction_range("prepare.bird_scale", self.bird_scale)
 
 
 @dataclass(frozen=True)
@@ -107,12 +102,7 @@ class ClassifierConfig:
         _require(self.batch_size >= 1, "classifier.batch_size", "must be >= 1")
         _require(self.epochs >= 1, "classifier.epochs", "must be >= 1")
         _require(self.num_workers >= 0, "classifier.num_workers", "must be >= 0")
-        lo, hi = (self.crop_scale + [None, None])[:2]
-        _require(
-            len(self.crop_scale) == 2 and 0 < lo <= hi <= 1,
-            "classifier.crop_scale",
-            f"must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale}",
-        )
+        _require_fraction_range("classifier.crop_scale", self.crop_scale)
 
 
 @dataclass(frozen=True)
@@ -152,6 +142,78 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ModelsConfig:
+    """Pretrained models: a hub id (from the local Hugging Face cache) or a local folder."""
+
+    diffusion: str = "models/foundation/inpaint"  # e.g. stabilityai/stable-diffusion-2-inpainting
+    segmenter: str = "models/foundation/clipseg"  # e.g. CIDAS/clipseg-rd64-refined
+
+
+@dataclass(frozen=True)
+class FoundationConfig:
+    """The small offline stand-ins for Stable Diffusion inpainting and CLIPSeg."""
+
+    seed: int = 0
+    image_size: int = 64
+    corpus_size: int = 20000  # composites of objects on neutral scenes
+    batch_size: int = 128
+    device: str = "auto"
+    # AutoencoderKL: one entry per level; latents are image_size / 2**(levels-1) wide
+    vae_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    latent_channels: int = 4
+    vae_steps: int = 1200
+    vae_lr: float = 1e-3
+    # UNet2DConditionModel (9 input channels) and CLIPTextModel, trained together
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    unet_layers: int = 2  # resnet layers per UNet block
+    text_width: int = 64
+    text_layers: int = 4
+    unet_steps: int = 6000
+    unet_lr: float = 3e-4
+    unet_max_seconds: float = 250  # > 0: stop the UNet early at this wall-clock budget
+    caption_dropout: float = 0.1  # so that classifier-free guidance works
+    ema_decay: float = 0.999
+    # CLIPSegForImageSegmentation
+    seg_width: int = 64
+    seg_layers: int = 4
+    seg_steps: int = 1600
+    seg_lr: float = 5e-4
+
+    def validate(self) -> None:
+        levels = len(self.vae_channels)
+        _require(levels >= 2, "foundation.vae_channels", "needs at least 2 levels")
+        _require(
+            self.image_size % 8 == 0 and self.image_size % 2 ** (levels + 1) == 0,
+            "foundation.image_size",
+            "must be a multiple of 8 (diffusers' pipeline) and leave latents the UNet can halve",
+        )
+        _require(0 <= self.caption_dropout < 1, "foundation.caption_dropout", "must be in [0, 1)")
+        _require(0 < self.ema_decay < 1, "foundation.ema_decay", "must be in (0, 1)")
+        _require_choice("foundation.device", self.device, ("auto", "cpu", "cuda"))
+        for key in ("corpus_size", "batch_size", "vae_steps", "unet_steps", "seg_steps"):
+            _require(getattr(self, key) >= 1, f"foundation.{key}", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class FoundationEvalConfig:
+    """How reports/foundation.md measures the foundation models on the benchmark's val."""
+
+    images: int = 100  # val images, balanced over groups
+    seed: int = 0
+    seg_prompt: str = "bird"
+    seg_threshold: float = 0.5
+    prompt: str = "a photo of a {species}"
+    dilate: int = 2  # px added around the ground-truth outline before repainting
+    steps: int = 25
+    guidance: float = 2.0
+
+    def validate(self) -> None:
+        _require(self.images >= 4, "foundation_eval.images", "must be >= 4")
+        _require(0 < self.seg_threshold < 1, "foundation_eval.seg_threshold", "must be in (0, 1)")
+        _require("{species}" in self.prompt, "foundation_eval.prompt", "must contain {species}")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -159,6 +221,9 @@ class Config:
     erm: ErmConfig = field(default_factory=ErmConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    foundation: FoundationConfig = field(default_factory=FoundationConfig)
+    foundation_eval: FoundationEvalConfig = field(default_factory=FoundationEvalConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -228,6 +293,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"params.yaml: '{key}' {message}")
+
+
+def _require_fraction_range(key: str, values: list[float]) -> None:
+    ok = len(values) == 2 and 0 < values[0] <= values[1] <= 1
+    _require(ok, key, f"must be [min, max] with 0 < min <= max <= 1, got {values}")
 
 
 def _require_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

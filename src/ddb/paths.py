@@ -5,6 +5,7 @@ from pathlib import Path
 SOURCES = Path("data/sources.json")
 PREPARED = Path("data/prepared")
 MODELS = Path("models")
+FOUNDATION = MODELS / "foundation"
 ERM = MODELS / "erm"
 BASELINES = MODELS / "baselines"
 PREDICTIONS = MODELS / "evaluate"

@@ -1,0 +1,146 @@
+"""Load the foundation models named in params (`models.diffusion`, `models.segmenter`).
+
+One code path for a local folder written by `save_pretrained` (the small offline models) and
+a hub id (a real checkpoint): `from_pretrained(name_or_path, local_files_only=True)`. Nothing
+is ever downloaded, and a model that is not here stops the stage with one message saying how
+to get it here; there is no silent fallback to the small models, which would quietly change
+what an experiment measures.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import torch
+
+from ddb.config import ConfigError
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionInpaintPipeline
+    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The checkpoints of the paper, quoted in the error messages as examples.
+EXAMPLES = {
+    "models.diffusion": "stabilityai/stable-diffusion-2-inpainting",
+    "models.segmenter": "CIDAS/clipseg-rd64-refined",
+}
+
+
+def load_inpaint_pipeline(
+    name_or_path: str, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
+) -> StableDiffusionInpaintPipeline:
+    """The 9-channel inpainting pipeline from a folder or the local Hugging Face cache.
+
+    `torch_dtype=None` loads float32 whatever the stored dtype: left to the libraries, a
+    float16 checkpoint comes back mixed (diffusers casts the UNet and VAE to float32,
+    transformers 5 keeps the text encoder in float16) and fails on CPU. Pass torch.float16
+    for speed on a GPU.
+
+    No safety checker: the prompts are bird species and scenes, and the checker is a second
+    large download that would blank images without saying so.
+    """
+    from diffusers import StableDiffusionInpaintPipeline
+
+    def load(source: str) -> StableDiffusionInpaintPipeline:
+        return StableDiffusionInpaintPipeline.from_pretrained(
+            source,
+            local_files_only=True,
+            dtype=torch_dtype or torch.float32,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    pipeline = load_or_explain("models.diffusion", name_or_path, load)
+    return pipeline.to(device)
+
+
+def load_segmenter(
+    name_or_path: str, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
+) -> tuple[CLIPSegProcessor, CLIPSegForImageSegmentation]:
+    """CLIPSeg's processor and model (in eval mode) from a folder or the local cache.
+
+    Float32 unless `torch_dtype` says otherwise (transformers 5 would keep a float16
+    checkpoint in float16, slow on CPU and coarse for thresholded masks).
+    """
+    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+    def load(source: str) -> tuple[CLIPSegProcessor, CLIPSegForImageSegmentation]:
+        processor = CLIPSegProcessor.from_pretrained(source, local_files_only=True)
+        model = CLIPSegForImageSegmentation.from_pretrained(
+            source, local_files_only=True, dtype=torch_dtype or torch.float32
+        )
+        return processor, model
+
+    processor, model = load_or_explain("models.segmenter", name_or_path, load)
+    return processor, model.to(device).eval()
+
+
+def load_or_explain(key: str, name_or_path: str, load: Callable[[str], T]) -> T:
+    """Run `load` on the folder or hub id; turn "not found" into a ConfigError naming `key`.
+
+    Only the libraries' not-found errors (OSError; ValueError for a string that is neither a
+    folder nor a valid hub id) are translated; a folder that exists and fails to load for
+    another reason raises as it is, since that is a bug, not a missing download.
+    """
+    source = os.path.expanduser(name_or_path)
+    exists = Path(source).exists()
+    try:
+        model = load(source)
+    except (OSError, ValueError) as err:
+        if not exists:
+            raise ConfigError(not_found_message(key, name_or_path)) from err
+        if isinstance(err, OSError):
+            raise ConfigError(
+                f"params.yaml: '{key}' is '{name_or_path}', a folder that is not a complete "
+                f"saved model ({err}). Point it at a folder written by `save_pretrained`, "
+                "or at a hub id in the local Hugging Face cache."
+            ) from err
+        raise
+    log.info("loaded %s from %s", key, Path(source).resolve() if exists else f"cache: {source}")
+    return model
+
+
+def not_found_message(key: str, name_or_path: str) -> str:
+    """What is missing, where it was looked for, and the two ways to make it available."""
+    from huggingface_hub import constants
+
+    if looks_like_hub_id(name_or_path):
+        hub_id = name_or_path
+        where = (
+            f"no such folder here, and not in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}); this machine cannot download it"
+        )
+    else:
+        hub_id = EXAMPLES.get(key, "<org>/<model>")
+        where = f"no such folder ({Path(os.path.expanduser(name_or_path)).absolute()})"
+    cache_folder = "models--" + hub_id.replace("/", "--")
+    return (
+        f"params.yaml: '{key}' is '{name_or_path}': {where}. Either (1) on a machine with "
+        f"internet run `hf download {hub_id}` (`huggingface-cli download {hub_id}` with older "
+        f"huggingface_hub), copy its cache folder ~/.cache/huggingface/hub/{cache_folder} into "
+        f"{constants.HF_HUB_CACHE} here (or set HF_HOME to where you copied the cache) and set "
+        f"{key}: {hub_id}; or (2) copy a folder written by `save_pretrained` (or the "
+        f"downloaded snapshot folder) here and set {key}: /path/to/that/folder."
+    )
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """True for "org/name" or "name"; False for anything that can only be a path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "~", "/")) or "\\" in name or name.count("/") > 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True

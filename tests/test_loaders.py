@@ -1,0 +1,216 @@
+"""Loading the foundation models: tiny random ones saved the way real checkpoints are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionInpaintPipeline,
+    UNet2DConditionModel,
+)
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ddb.config import ConfigError
+from ddb.models.loaders import load_inpaint_pipeline, load_segmenter, looks_like_hub_id
+from ddb.models.segmenter import build_segmenter
+from ddb.models.tokenizer import clip_tokenizer
+
+
+def tiny_inpaint_pipeline() -> StableDiffusionInpaintPipeline:
+    """SD-inpainting's architecture at toy size: 9-channel UNet, 2-level VAE, 2-layer CLIP."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64),
+        latent_channels=4,
+        layers_per_block=1,
+        sample_size=64,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=9,  # noisy latents + mask + masked-image latents
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            eos_token_id=49407,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionInpaintPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_inpaint_pipeline_round_trip_and_inference(tmp_path: Path):
+    saved = tiny_inpaint_pipeline()
+    saved.save_pretrained(tmp_path / "inpaint")
+
+    pipe = load_inpaint_pipeline(str(tmp_path / "inpaint"))
+
+    for name in ("unet", "vae", "text_encoder"):
+        assert_same_weights(getattr(saved, name), getattr(pipe, name))
+    assert pipe.unet.config.in_channels == 9
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.tokenizer("a photo")["input_ids"] == [49406, 320, 1125, 49407]
+    assert pipe.safety_checker is None
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        prompt="a photo of a duck on the sea",
+        image=image,
+        mask_image=Image.fromarray(mask),
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=2.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert out.shape == (1, 64, 64, 3)
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_segmenter_round_trip(tmp_path: Path):
+    torch.manual_seed(0)
+    processor, model = build_segmenter(clip_tokenizer(), image_size=32, width=32, layers=2)
+    processor.save_pretrained(tmp_path / "clipseg")
+    model.save_pretrained(tmp_path / "clipseg")
+
+    loaded_processor, loaded = load_segmenter(str(tmp_path / "clipseg"))
+
+    assert_same_weights(model, loaded)
+    assert not loaded.training
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    ours = processor(text=["a duck"], images=[image], return_tensors="pt")
+    theirs = loaded_processor(text=["a duck"], images=[image], return_tensors="pt")
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
+    with torch.inference_mode():
+        assert torch.allclose(model.eval()(**ours).logits, loaded(**theirs).logits)
+
+
+def test_float16_checkpoints_load_as_float32_and_run_on_cpu(tmp_path: Path):
+    """The foundation stage saves float16; left alone, the text encoder stayed float16."""
+    tiny_inpaint_pipeline().to(torch.float16).save_pretrained(tmp_path / "inpaint")
+    processor, model = build_segmenter(clip_tokenizer(), image_size=32, width=32, layers=2)
+    model.to(torch.float16).save_pretrained(tmp_path / "clipseg")
+    processor.save_pretrained(tmp_path / "clipseg")
+
+    pipe = load_inpaint_pipeline(str(tmp_path / "inpaint"))
+    _, segmenter = load_segmenter(str(tmp_path / "clipseg"))
+
+    modules = [pipe.unet, pipe.vae, pipe.text_encoder, segmenter]
+    assert all(p.dtype == torch.float32 for m in modules for p in m.parameters())
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.new("RGB", (64, 64), (90, 120, 200))
+    out = pipe(
+        "a duck",
+        image=image,
+        mask_image=Image.new("L", (64, 64), 255),
+        height=64,
+        width=64,
+        num_inference_steps=1,
+        output_type="np",
+    ).images
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path: Path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, offline (the constants are read at import, so patch them)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+@pytest.mark.parametrize(
+    ("load", "key"),
+    [(load_inpaint_pipeline, "models.diffusion"), (load_segmenter, "models.segmenter")],
+)
+def test_hub_id_not_in_cache_is_a_clear_error(empty_hf_cache: Path, load, key: str):
+    with pytest.raises(ConfigError) as err:
+        load("ddb-tests/not-a-cached-model")
+    message = str(err.value)
+    assert f"'{key}'" in message
+    assert "not in the local Hugging Face cache" in message and str(empty_hf_cache) in message
+    assert "hf download ddb-tests/not-a-cached-model" in message
+    assert f"{key}: /path/to/that/folder" in message
+
+
+@pytest.mark.parametrize(
+    ("load", "key"),
+    [(load_inpaint_pipeline, "models.diffusion"), (load_segmenter, "models.segmenter")],
+)
+def test_missing_folder_is_a_clear_error(tmp_path: Path, empty_hf_cache: Path, load, key: str):
+    missing = tmp_path / "models" / "foundation" / "nothing"
+    with pytest.raises(ConfigError) as err:
+        load(str(missing))
+    message = str(err.value)
+    assert f"'{key}'" in message and f"no such folder ({missing})" in message
+    assert "hf download" in message  # how to get a real checkpoint instead
+
+
+def test_empty_folder_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "clipseg").mkdir()
+    with pytest.raises(ConfigError, match="'models.segmenter'.*not a complete saved model"):
+        load_segmenter(str(tmp_path / "clipseg"))
+
+
+def test_looks_like_hub_id():
+    assert looks_like_hub_id("CIDAS/clipseg-rd64-refined")
+    assert looks_like_hub_id("gpt2")
+    assert not looks_like_hub_id("models/foundation/inpaint")
+    assert not looks_like_hub_id("./clipseg")
+    assert not looks_like_hub_id("/data/sd2")
