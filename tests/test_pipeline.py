@@ -42,7 +42,7 @@ def project(tmp_path_factory):
 
 def test_repro_writes_every_metric(project):
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert list(metrics) == ["erm", "group_balanced"]
+    assert list(metrics) == ["erm", "group_balanced", "jtt", "group_dro", "dfr"]
     for method in metrics.values():
         for split in ("val", "test"):
             m = method[split]
@@ -55,7 +55,8 @@ def test_repro_writes_every_metric(project):
             assert m["wga"] == min(m["groups"].values())
             assert 0 <= m["ci"]["wga"][0] <= m["wga"] <= m["ci"]["wga"][1] <= 1
     results = (project / "reports/results.md").read_text()
-    assert "| ERM |" in results and "| Group-balanced ERM (oracle) |" in results
+    for name in ("ERM", "Group-balanced ERM (oracle)", "JTT", "GroupDRO", "DFR"):
+        assert f"| {name} |" in results
     foundation = json.loads((project / "reports/foundation.json").read_text())
     assert 0 <= foundation["seg_iou"] <= 1 and 0 <= foundation["repaint_recognised"] <= 1
     assert foundation["outside_mask_max_change"] == 0  # paste-back keeps the source's pixels
@@ -74,7 +75,8 @@ def test_seed_experiment_reruns_only_what_the_seed_feeds(project):
         "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline", cwd=project
     )
     out = _run("dvc", "exp", "run", "-S", "erm.seed=1", cwd=project)
-    assert "Running stage 'erm'" in out and "Running stage 'evaluate'" in out
+    for stage in ("erm", "dfr", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in out
     assert "Running stage 'prepare'" not in out and "Running stage 'baselines'" not in out
     table = json.loads(_run("dvc", "exp", "show", "--json", cwd=project))
     seeds = set()

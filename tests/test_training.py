@@ -7,9 +7,9 @@ import torch
 
 from ddb import paths
 from ddb.data.waterbirds import ImageTable, load_dataset, split_table
+from ddb.methods.group_balanced import group_balanced_weights
 from ddb.models.classifier import build_classifier, eval_transform, train_transform
 from ddb.stages import erm
-from ddb.stages.baselines import group_balanced_weights
 from ddb.training import predict, train_classifier
 from ddb.utils import seed_everything
 from tests.conftest import tiny_config

@@ -13,6 +13,7 @@ STAGES = {
     "foundation": "train the small offline inpainting diffusion and CLIPSeg (models/foundation)",
     "erm": "train the ERM classifier (models/erm)",
     "baselines": "train the baselines listed in baselines.methods (models/baselines)",
+    "dfr": "retrain the ERM model's last layer on val (models/dfr)",
     "evaluate": "group metrics of every model on val and test (reports/metrics.json)",
     "report": "results table and figures (reports/results.md, reports/figures)",
     "foundation_report": "measure the foundation models (reports/foundation.md)",

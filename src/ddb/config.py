@@ -18,7 +18,7 @@ import yaml
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-BASELINES = ("group_balanced",)
+BASELINES = ("group_balanced", "jtt", "group_dro")  # trained by the baselines stage
 
 
 class ConfigError(ValueError):
@@ -119,15 +119,57 @@ class GroupBalancedConfig:
 
 
 @dataclass(frozen=True)
+class JttConfig:
+    identification_epochs: int = 1  # T: epochs of the identification ERM model
+    upweight: float = 20.0  # lambda: sampling weight of its errors
+
+    def validate(self) -> None:
+        _require(
+            self.identification_epochs >= 1, "baselines.jtt.identification_epochs", "must be >= 1"
+        )
+        _require(self.upweight >= 1, "baselines.jtt.upweight", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class GroupDroConfig:
+    step_size: float = 0.01  # eta, of the group weights
+    adjustment: float = 0.0  # C of the generalisation adjustment C / sqrt(n_g)
+
+    def validate(self) -> None:
+        _require(self.step_size > 0, "baselines.group_dro.step_size", "must be > 0")
+        _require(self.adjustment >= 0, "baselines.group_dro.adjustment", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class BaselinesConfig:
     seed: int = 0  # reaches the baselines stage only
-    methods: list[str] = field(default_factory=lambda: ["group_balanced"])
+    methods: list[str] = field(default_factory=lambda: ["group_balanced", "jtt", "group_dro"])
     group_balanced: GroupBalancedConfig = field(default_factory=GroupBalancedConfig)
+    jtt: JttConfig = field(default_factory=JttConfig)
+    group_dro: GroupDroConfig = field(default_factory=GroupDroConfig)
 
     def validate(self) -> None:
         for method in self.methods:
             _require_choice("baselines.methods", method, BASELINES)
+        _require(
+            len(set(self.methods)) == len(self.methods), "baselines.methods", "repeats a method"
+        )
         self.group_balanced.validate()
+        self.jtt.validate()
+        self.group_dro.validate()
+
+
+@dataclass(frozen=True)
+class DfrConfig:
+    """Last-layer retraining of the ERM model on val (its own stage, after erm)."""
+
+    C: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01])
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(
+            len(self.C) >= 1 and all(c > 0 for c in self.C), "dfr.C", "must be positive values"
+        )
 
 
 @dataclass(frozen=True)
@@ -220,6 +262,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     erm: ErmConfig = field(default_factory=ErmConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    dfr: DfrConfig = field(default_factory=DfrConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     foundation: FoundationConfig = field(default_factory=FoundationConfig)

@@ -8,6 +8,7 @@ MODELS = Path("models")
 FOUNDATION = MODELS / "foundation"
 ERM = MODELS / "erm"
 BASELINES = MODELS / "baselines"
+DFR = MODELS / "dfr"
 PREDICTIONS = MODELS / "evaluate"
 REPORTS = Path("reports")
 FIGURES = REPORTS / "figures"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,12 +51,17 @@ def train_classifier(
     seed: int,
     sample_weights: np.ndarray | None = None,
     loss_weights: np.ndarray | None = None,
+    group_loss: Callable | None = None,
+    select_best: bool = True,
     desc: str = "train",
 ) -> TrainResult:
     """Train `model` for cfg.epochs; keep the epoch with the best validation WGA.
 
     sample_weights: draw training samples with these probabilities (with replacement);
-    loss_weights: weight each training sample's loss (rescaled to mean 1 over the set).
+    loss_weights: weight each training sample's loss (rescaled to mean 1 over the set);
+    group_loss: reduce the per-sample losses with the batch's group labels instead of a
+    mean (GroupDRO's `(losses, group) -> loss`; only methods that may read train groups);
+    select_best=False keeps the last epoch (JTT's identification model).
     """
     generator = torch.Generator().manual_seed(seed)
     if sample_weights is not None:
@@ -85,7 +91,9 @@ def train_classifier(
     epochs = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch")
     for epoch in epochs:
         start = time.perf_counter()
-        train_loss, train_acc = _train_epoch(model, loader, optimizer, scheduler, weights, device)
+        train_loss, train_acc = _train_epoch(
+            model, loader, optimizer, scheduler, weights, group_loss, device
+        )
         val = evaluate_split(model, val_set, cfg.batch_size)
         history.append(
             {
@@ -98,7 +106,7 @@ def train_classifier(
             }
         )
         epochs.set_postfix(loss=f"{train_loss:.3f}", val_wga=f"{val['wga']:.3f}")
-        if (val["wga"], val["mean_acc"]) > best:
+        if (val["wga"], val["mean_acc"]) > best or not select_best:
             best = (val["wga"], val["mean_acc"])
             best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
     model.load_state_dict(best_state)
@@ -106,14 +114,16 @@ def train_classifier(
     return TrainResult(model.eval(), best_epoch, history)
 
 
-def _train_epoch(model, loader, optimizer, scheduler, weights, device) -> tuple[float, float]:
+def _train_epoch(model, loader, optimizer, scheduler, weights, group_loss, device):
     model.train()
     total_loss, total_correct, total = 0.0, 0, 0
-    for images, y, _, index in loader:
+    for images, y, group, index in loader:
         images, y = images.to(device), y.to(device)
         logits = model(images)
         losses = nn.functional.cross_entropy(logits, y, reduction="none")
-        if weights is None:
+        if group_loss is not None:
+            loss = group_loss(losses, group.to(device))
+        elif weights is None:
             loss = losses.mean()
         else:
             # not divided by the batch's own weight sum: a batch of zero weights gives 0

@@ -28,6 +28,7 @@ def trained_models(config: Config) -> dict[str, Path]:
     """Method name -> checkpoint, in the order the report lists them."""
     models = {"erm": paths.ERM / "model.pt"}
     models.update({name: paths.BASELINES / name / "model.pt" for name in config.baselines.methods})
+    models["dfr"] = paths.DFR / "model.pt"
     return models
 
 

@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 from ddb import paths  # noqa: E402
 from ddb.config import Config  # noqa: E402
 from ddb.data.waterbirds import groups_of  # noqa: E402
+from ddb.methods import METHODS as REGISTRY  # noqa: E402
 from ddb.utils import atomic_path, write_text  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 # method -> (display name, uses train group labels, uses val group labels)
 METHODS = {
     "erm": ("ERM", "no", "yes (model selection)"),
-    "group_balanced": ("Group-balanced ERM (oracle)", "yes", "yes (model selection)"),
+    **{name: (m.NAME, m.TRAIN_GROUPS, m.VAL_GROUPS) for name, m in REGISTRY.items()},
 }
 
 

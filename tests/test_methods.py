@@ -1,0 +1,93 @@
+"""Each baseline does what it claims, on tiny inputs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ddb.data.waterbirds import load_dataset, split_table
+from ddb.methods import METHODS, dfr, jtt
+from ddb.methods.group_dro import GroupDROLoss
+from ddb.models.classifier import build_classifier
+from tests.conftest import tiny_config
+
+
+class Constant(torch.nn.Module):
+    """Predicts class 0 for every image."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+
+    def forward(self, images):
+        return self.bias.expand(len(images), 2)
+
+
+def test_registry_names_the_labels_each_method_uses():
+    assert set(METHODS) == {"group_balanced", "jtt", "group_dro", "dfr"}
+    assert METHODS["jtt"].TRAIN_GROUPS == "no" and METHODS["dfr"].TRAIN_GROUPS == "no"
+    assert METHODS["group_dro"].TRAIN_GROUPS == "yes"
+
+
+def test_jtt_upweights_exactly_the_identification_errors(waterbirds_folder):
+    _, table, _ = load_dataset(tiny_config(waterbirds_folder).data)
+    train = split_table(table, "train")
+    errors = jtt.error_set(Constant(), waterbirds_folder, train, 32)
+    assert np.array_equal(errors, train["y"].to_numpy() == 1)  # every class-1 sample is wrong
+    weights = jtt.upsampling_weights(errors, 20)
+    assert set(weights[errors]) == {20.0} and set(weights[~errors]) == {1.0}
+
+
+def test_group_dro_weights_move_toward_the_worst_group():
+    loss = GroupDROLoss(np.array([100, 10, 10, 100]), step_size=0.5)
+    losses = torch.tensor([0.1, 0.1, 2.0, 2.0, 0.5, 0.5])
+    group = torch.tensor([0, 0, 1, 1, 3, 3])  # group 2 absent from the batch
+    for _ in range(3):
+        total = loss(losses, group)
+    q = loss.q
+    assert q.sum().item() == pytest.approx(1.0)
+    assert q[1] > q[3] > q[0]  # ordered by group loss
+    assert q[2] < 0.25  # absent: not pushed up, only renormalised
+    group_loss = torch.tensor([0.1, 2.0, 0.0, 0.5])
+    assert total.item() == pytest.approx((q * group_loss).sum().item(), rel=1e-5)
+
+
+def test_dfr_chooses_c_from_the_grid_and_learns_the_core_feature():
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 2, n)
+    place = rng.integers(0, 2, n)
+    groups = 2 * y + place
+    core = y + 0.3 * rng.normal(size=n)
+    spurious = place + 0.1 * rng.normal(size=n)
+    x = np.stack([core, spurious, rng.normal(size=n)], 1)
+    grid = [1.0, 0.1, 0.01]
+    head = dfr.fit_head(x, y, groups, grid, seed=0)
+    assert head.C in grid and [h["C"] for h in head.history] == grid
+    assert abs(head.coef[0, 0]) > abs(head.coef[0, 1])  # balanced val: the core feature wins
+
+
+def test_dfr_head_folds_the_standardisation_into_the_layer():
+    model = build_classifier("resnet18", 2).eval()
+    d = model.fc.in_features
+    rng = np.random.default_rng(1)
+    head = dfr.Head(
+        0.1, rng.normal(size=(1, d)), np.array([0.3]), rng.normal(size=d), rng.uniform(1, 2, d), []
+    )
+    new = dfr.install_head(model, head, 2)
+    feats = rng.normal(size=(5, d)).astype(np.float32)
+    logits = new.fc(torch.from_numpy(feats)).detach().numpy()
+    expected = ((feats - head.mean) / head.std) @ head.coef[0] + head.intercept[0]
+    assert np.allclose(logits[:, 1] - logits[:, 0], expected, atol=1e-4)
+    assert model.fc.weight.abs().sum() != 0 and not torch.equal(model.fc.weight, new.fc.weight)
+
+
+def test_dfr_fit_reads_only_val(waterbirds_folder):
+    config = tiny_config(waterbirds_folder)
+    root, table, groups = load_dataset(config.data)
+    for name in split_table(table, "train")["img_filename"]:  # train images unreadable
+        (root / name).write_bytes(b"")
+    for name in split_table(table, "test")["img_filename"]:
+        (root / name).write_bytes(b"")
+    result = dfr.train(config, root, table, groups, build_classifier("resnet18", 2))
+    assert pd.DataFrame(result.history)["C"].tolist() == config.dfr.C
