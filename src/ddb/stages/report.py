@@ -126,7 +126,7 @@ def plot_group_accuracy(metrics: dict, out: Path) -> None:
     methods = list(metrics)
     group_names = list(metrics[methods[0]]["test"]["groups"])
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.6 * len(group_names) + 2, 3.5))
+    fig, ax = plt.subplots(figsize=(1.6 * len(group_names) + 4, 3.5))
     for i, method in enumerate(methods):
         m = metrics[method]["test"]
         acc = np.array([m["groups"][g] for g in group_names])
@@ -137,14 +137,14 @@ def plot_group_accuracy(metrics: dict, out: Path) -> None:
     ax.set_xticks(np.arange(len(group_names)), group_names)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("Per-group test accuracy", fontsize=10)
     fig.tight_layout()
     _save(fig, out)
 
 
 def plot_learning_curves(histories: dict[str, pd.DataFrame], out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
     for method, history in histories.items():
         ax.plot(
             history["epoch"],
@@ -155,7 +155,7 @@ def plot_learning_curves(histories: dict[str, pd.DataFrame], out: Path) -> None:
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation WGA (%)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("Validation worst-group accuracy per epoch", fontsize=10)
     fig.tight_layout()
     _save(fig, out)
