@@ -1,5 +1,5 @@
-"""The foundation stage on a tiny profile: it trains all three models and writes folders
-that the real loaders read, like downloaded checkpoints."""
+"""The foundation stages on a tiny profile: they train the models and write folders that
+the real loaders read, like downloaded checkpoints."""
 
 import dataclasses
 import json
@@ -10,30 +10,59 @@ import pytest
 from ddb import paths
 from ddb.models.loaders import load_inpaint_pipeline, load_segmenter
 from ddb.models.segmenter import segment
-from ddb.stages import foundation
+from ddb.stages import foundation, foundation_segmenter
 from tests.conftest import needs_sources, tiny_config
 
 pytestmark = [pytest.mark.slow, needs_sources]
 
-TINY = {
+TINY_INPAINT = {
     "corpus_size": 32, "batch_size": 4, "device": "cpu", "vae_channels": [16, 32, 64],
     "vae_steps": 2, "unet_channels": [32, 32, 64], "unet_layers": 1, "text_width": 32,
-    "text_layers": 1, "unet_steps": 2, "unet_max_seconds": 0, "seg_width": 32,
-    "seg_layers": 2, "seg_steps": 2,
+    "text_layers": 1, "unet_steps": 2, "unet_max_seconds": 0,
+}  # fmt: skip
+TINY_SEGMENTER = {
+    "corpus_size": 32, "batch_size": 4, "device": "cpu", "width": 32, "layers": 2, "steps": 2,
 }  # fmt: skip
 
 
-def test_foundation_writes_loadable_checkpoints(in_tmp_repo):
+def test_foundation_writes_a_loadable_inpainting_pipeline(in_tmp_repo):
     config = tiny_config()
-    config = dataclasses.replace(config, foundation=dataclasses.replace(config.foundation, **TINY))
+    config = dataclasses.replace(
+        config, foundation=dataclasses.replace(config.foundation, **TINY_INPAINT)
+    )
     foundation.run(config)
-    info = json.loads((paths.FOUNDATION / "train.json").read_text())
-    assert info["steps"] == {"vae": 2, "unet": 2, "clipseg": 2}
-    assert info["train_device"] == "cpu"
-    pipe = load_inpaint_pipeline(str(paths.FOUNDATION / "inpaint"))
+    info = json.loads((paths.INPAINT / "train.json").read_text())
+    assert info["steps"] == {"vae": 2, "unet": 2} and info["train_device"] == "cpu"
+    pipe = load_inpaint_pipeline(str(paths.INPAINT))
     assert pipe.unet.config.in_channels == 9
     assert len(pipe.tokenizer) == 49408
     assert pipe.vae.config.scaling_factor != 0.18215  # measured on the corpus, not SD's
-    processor, model = load_segmenter(str(paths.FOUNDATION / "clipseg"))
+
+
+def test_foundation_segmenter_writes_a_loadable_clipseg(in_tmp_repo):
+    config = tiny_config()
+    config = dataclasses.replace(
+        config,
+        foundation_segmenter=dataclasses.replace(config.foundation_segmenter, **TINY_SEGMENTER),
+    )
+    foundation_segmenter.run(config)
+    info = json.loads((paths.CLIPSEG / "train.json").read_text())
+    assert info["steps"] == {"clipseg": 2}
+    processor, model = load_segmenter(str(paths.CLIPSEG))
     masks = segment(processor, model, np.zeros((2, 64, 64, 3), np.uint8), "bird")
     assert masks.shape == (2, 64, 64) and masks.dtype == bool
+
+
+def test_segmenter_batches_hold_negatives_with_empty_masks():
+    rng = np.random.default_rng(0)
+    n = 50
+    corpus = {
+        "images": np.zeros((n, 8, 8, 3), np.uint8),
+        "object_masks": np.ones((n, 8, 8), bool),
+        "objects": np.array([f"thing{i}" for i in range(n)]),
+        "categories": np.array(["bird" if i % 2 else "fruit" for i in range(n)]),
+    }
+    _, masks, prompts = next(foundation_segmenter.prompted_batches(corpus, 400, rng))
+    empty = ~masks.any(axis=(1, 2))
+    assert 0.05 < empty.mean() < 0.3  # about one in five, minus same-name draws
+    assert all(p in set(corpus["objects"]) | {"bird", "fruit"} for p in prompts)

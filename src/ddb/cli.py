@@ -10,7 +10,8 @@ import sys
 
 STAGES = {
     "prepare": "build the embedded benchmark into data/prepared",
-    "foundation": "train the small offline inpainting diffusion and CLIPSeg (models/foundation)",
+    "foundation": "train the small offline inpainting diffusion (models/foundation/inpaint)",
+    "foundation_segmenter": "train the small offline CLIPSeg (models/foundation/clipseg)",
     "erm": "train the ERM classifier (models/erm)",
     "baselines": "train the baselines listed in baselines.methods (models/baselines)",
     "dfr": "retrain the ERM model's last layer on val (models/dfr)",

@@ -215,11 +215,6 @@ class FoundationConfig:
     unet_max_seconds: float = 250  # > 0: stop the UNet early at this wall-clock budget
     caption_dropout: float = 0.1  # so that classifier-free guidance works
     ema_decay: float = 0.999
-    # CLIPSegForImageSegmentation
-    seg_width: int = 64
-    seg_layers: int = 4
-    seg_steps: int = 1600
-    seg_lr: float = 5e-4
 
     def validate(self) -> None:
         levels = len(self.vae_channels)
@@ -232,8 +227,31 @@ class FoundationConfig:
         _require(0 <= self.caption_dropout < 1, "foundation.caption_dropout", "must be in [0, 1)")
         _require(0 < self.ema_decay < 1, "foundation.ema_decay", "must be in (0, 1)")
         _require_choice("foundation.device", self.device, ("auto", "cpu", "cuda"))
-        for key in ("corpus_size", "batch_size", "vae_steps", "unet_steps", "seg_steps"):
+        for key in ("corpus_size", "batch_size", "vae_steps", "unet_steps"):
             _require(getattr(self, key) >= 1, f"foundation.{key}", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class FoundationSegmenterConfig:
+    """The small offline stand-in for CLIPSeg, trained on the same corpus (cheap on CPU)."""
+
+    seed: int = 0
+    image_size: int = 64
+    corpus_size: int = 20000
+    batch_size: int = 128
+    device: str = "auto"
+    width: int = 64
+    layers: int = 4
+    steps: int = 4000
+    lr: float = 5e-4
+
+    def validate(self) -> None:
+        _require_choice("foundation_segmenter.device", self.device, ("auto", "cpu", "cuda"))
+        _require(
+            self.image_size % 8 == 0, "foundation_segmenter.image_size", "must be a multiple of 8"
+        )
+        for key in ("corpus_size", "batch_size", "width", "layers", "steps"):
+            _require(getattr(self, key) >= 1, f"foundation_segmenter.{key}", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -266,6 +284,9 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     foundation: FoundationConfig = field(default_factory=FoundationConfig)
+    foundation_segmenter: FoundationSegmenterConfig = field(
+        default_factory=FoundationSegmenterConfig
+    )
     foundation_eval: FoundationEvalConfig = field(default_factory=FoundationEvalConfig)
 
     def validate(self) -> None:

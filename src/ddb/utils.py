@@ -62,3 +62,18 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = False
+
+
+def train_info(seconds: float, device, corpus_size: int, objects: int, losses: dict) -> dict:
+    """Where and how long a foundation model trained: steps run and final losses."""
+    import torch
+
+    return {
+        "train_seconds": round(seconds, 1),
+        "train_device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "corpus_size": corpus_size,
+        "objects": objects,
+        "steps": {name: len(values) for name, values in losses.items()},
+        "final_losses": {name: float(np.mean(values[-100:])) for name, values in losses.items()},
+    }

@@ -95,7 +95,8 @@ def run(config: Config) -> None:
     source_acc = float((classify(classifier, images, size) == val.y.to_numpy()).mean())
     confusion = np.zeros((groups.n_classes, groups.n_classes), int)
     np.add.at(confusion, (intended, predicted_class), 1)
-    train_info = json.loads((paths.FOUNDATION / "train.json").read_text())
+    train_info = json.loads((paths.INPAINT / "train.json").read_text())
+    seg_info = json.loads((paths.CLIPSEG / "train.json").read_text())
     metrics = {
         "seg_iou": seg_iou,
         "repaint_recognised": float((predicted_class == intended).mean()),
@@ -103,6 +104,8 @@ def run(config: Config) -> None:
         "outside_mask_max_change": outside_changed,
         "train_seconds": train_info["train_seconds"],
         "train_device": train_info["train_device"],
+        "seg_train_seconds": seg_info["train_seconds"],
+        "seg_train_device": seg_info["train_device"],
     }
     write_json(paths.REPORTS / "foundation.json", metrics)
     # a timing, not a metric: it varies run to run, so it stays out of the DVC metrics
@@ -117,7 +120,7 @@ def run(config: Config) -> None:
     )
     write_text(
         paths.REPORTS / "foundation.md",
-        markdown(metrics, confusion, groups.class_names, cfg, train_info),
+        markdown(metrics, confusion, groups.class_names, cfg, train_info, seg_info),
     )
     log.info(
         "foundation: seg IoU %.3f, repaint recognised %.3f", seg_iou, metrics["repaint_recognised"]
@@ -163,7 +166,7 @@ def save_grid(images, masks, predicted, repaints, class_names, out, rows: int = 
     plt.close(fig)
 
 
-def markdown(metrics, confusion, class_names, cfg, train_info) -> str:
+def markdown(metrics, confusion, class_names, cfg, train_info, seg_info) -> str:
     m = metrics
     header = "| intended \\ recognised | " + " | ".join(class_names) + " |"
     rows = [
@@ -190,10 +193,13 @@ def markdown(metrics, confusion, class_names, cfg, train_info) -> str:
         [
             "# Foundation models",
             "",
-            f"Trained by the `foundation` stage in {train_info['train_seconds']:.0f} s on {device} "
+            f"Inpainting model: `foundation` stage, {train_info['train_seconds']:.0f} s on "
+            f"{device} "
             f"(steps: {train_info.get('steps', {})}; corpus of {train_info['corpus_size']} "
-            f"composites, {train_info['objects']} objects on neutral scenes). Measured on the "
-            "embedded benchmark's val split.",
+            f"composites, {train_info['objects']} objects on neutral scenes). Segmenter: "
+            f"`foundation_segmenter` stage, {seg_info['train_seconds']:.0f} s on "
+            f"{seg_info.get('device_name', seg_info['train_device'])} (steps: "
+            f"{seg_info.get('steps', {})}). Measured on the embedded benchmark's val split.",
             "",
             "| measure | value | goal |",
             "|---|---|---|",
