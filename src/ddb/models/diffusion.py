@@ -10,6 +10,7 @@ with `save_pretrained`, and loaded by the DDB stages with `from_pretrained` like
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -182,8 +183,6 @@ def train_inpainting(
     has an unconditional model to contrast with. EMA weights are what gets saved.
     `max_seconds` > 0 stops early at that wall-clock budget (the step count is then in the
     returned losses)."""
-    import time
-
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     noise_scheduler = DDPMScheduler(**SCHEDULER)

@@ -48,21 +48,15 @@ def run(config: Config) -> None:
     truth = np.stack([np.asarray(Image.open(root / f)) > 0 for f in val.mask_filename])
 
     processor, segmenter = load_segmenter(config.models.segmenter)
-    segmenter = segmenter.float()  # weights are stored in fp16
-    predicted = np.concatenate(
-        [
-            segment(processor, segmenter, images[i : i + 64], cfg.seg_prompt, cfg.seg_threshold)
-            for i in range(0, len(images), 64)
-        ]
-    )
+    predicted = segment(processor, segmenter, images, cfg.seg_prompt, cfg.seg_threshold)
     seg_iou = mask_iou(predicted, truth)
 
-    pipe = load_inpaint_pipeline(config.models.diffusion, torch_dtype=torch.float32)
+    pipe = load_inpaint_pipeline(config.models.diffusion)
     pipe.set_progress_bar_config(disable=True)
     classifier = load_classifier(paths.BASELINES / "group_balanced" / "model.pt")
     masks = np.stack([dilate(m, cfg.dilate) for m in truth])
     rng = np.random.default_rng(cfg.seed)
-    repaints, intended, prompts_used = {}, [], []
+    repaints, intended = {}, []
     start = time.perf_counter()
     for target in range(groups.n_classes):
         species = [object_name_of(s) for s, y in embedded.BIRDS.items() if y == target]
@@ -84,7 +78,6 @@ def run(config: Config) -> None:
             ]
         )
         intended.append(np.full(len(images), target))
-        prompts_used += prompts
     seconds_per_image = (time.perf_counter() - start) / (len(images) * groups.n_classes)
     outside_changed = max(
         int(np.abs(repaints[c].astype(int) - images).max(axis=-1)[~masks].max()) for c in repaints
