@@ -8,6 +8,9 @@ import json
 import logging
 import sys
 
+# stage -> (module in ddb.stages, function) where it is not (the stage's name, run)
+ENTRY_POINTS = {"retrain_no_prune": ("retrain", "run_no_prune")}
+
 STAGES = {
     "prepare": "build the embedded benchmark into data/prepared",
     "foundation": "train the small offline inpainting diffusion (models/foundation/inpaint)",
@@ -15,6 +18,14 @@ STAGES = {
     "erm": "train the ERM classifier (models/erm)",
     "baselines": "train the baselines listed in baselines.methods (models/baselines)",
     "dfr": "retrain the ERM model's last layer on val (models/dfr)",
+    "select": "DDB: sources and inversion images from ERM's per-sample losses (models/select)",
+    "segment": "DDB: segmenter masks of the causal component (models/segment)",
+    "invert": "DDB: textual inversion, one token per class (models/invert)",
+    "generate": "DDB: repaint sources as the other classes, resumable (models/generate)",
+    "score": "DDB: ERM probabilities and attributions of each sample (models/score)",
+    "prune": "DDB: keep the samples that pass the thresholds (models/prune)",
+    "retrain": "DDB: fine-tune ERM on original + kept samples (models/ddb)",
+    "retrain_no_prune": "DDB ablation: fine-tune on every generated sample (models/ddb_no_prune)",
     "evaluate": "group metrics of every model on val and test (reports/metrics.json)",
     "report": "results table and figures (reports/results.md, reports/figures)",
     "foundation_report": "measure the foundation models (reports/foundation.md)",
@@ -54,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             load_dataset(config.data, check=True)
             print("params and data are valid")
             return 0
-        importlib.import_module(f"ddb.stages.{args.command}").run(config)
+        module, function = ENTRY_POINTS.get(args.command, (args.command, "run"))
+        getattr(importlib.import_module(f"ddb.stages.{module}"), function)(config)
     except (ConfigError, DataError, SourcesError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

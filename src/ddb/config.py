@@ -173,6 +173,123 @@ class DfrConfig:
 
 
 @dataclass(frozen=True)
+class SelectConfig:
+    """DDB step 2: which train images become sources (and inversion images)."""
+
+    sources_per_class: int = 400  # K: per class, the lowest per-sample ERM loss
+
+    def validate(self) -> None:
+        _require(self.sources_per_class >= 1, "select.sources_per_class", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """DDB step 4: the language segmenter's masks of the causal component."""
+
+    prompt: str = "bird"  # what the segmenter looks for
+    threshold: float = 0.5  # on the segmenter's per-pixel probability
+    dilate: int = 2  # px added around the mask (covers the outline's fringe)
+    mask_shape: str = "outline"  # outline: the mask itself | box: its bounding box
+    min_area: float = 0.01  # a mask below this share of the image counts as no detection
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        _require(self.prompt.strip() != "", "segment.prompt", "must name the causal component")
+        _require(0 < self.threshold < 1, "segment.threshold", "must be in (0, 1)")
+        _require(self.dilate >= 0, "segment.dilate", "must be >= 0")
+        _require_choice("segment.mask_shape", self.mask_shape, ("outline", "box"))
+        _require(0 <= self.min_area < 1, "segment.min_area", "must be in [0, 1)")
+        _require(self.batch_size >= 1, "segment.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class InvertConfig:
+    """DDB step 3: textual inversion, one new token per class (`<class name>`)."""
+
+    num_images: int = 30  # per class, preferring likely minority samples (highest ERM loss)
+    initializer: str = "bird"  # a one-token word the new embeddings start from
+    class_name: str = "bird"  # the common noun in "a photo of a <token> bird", never the label
+    steps: int = 300
+    lr: float = 0.005
+    batch_size: int = 8
+    grad_accum: int = 1
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        _require(self.num_images >= 1, "invert.num_images", "must be >= 1")
+        _require(self.class_name.strip() != "", "invert.class_name", "must be a common noun")
+        for key in ("steps", "batch_size", "grad_accum"):
+            _require(getattr(self, key) >= 1, f"invert.{key}", "must be >= 1")
+        _require(self.lr > 0, "invert.lr", "must be > 0")
+        _require_choice("invert.device", self.device, ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """DDB step 5: repaint each source's causal region as another class."""
+
+    prompt: str = "a photo of a {token} {class_name}"
+    steps: int = 25  # denoising steps
+    guidance: float = 2.0  # classifier-free guidance scale
+    strength: float = 1.0
+    batch_size: int = 32
+    samples_per_source: int = 1  # per target class
+    shard_size: int = 128  # generated images per resumable shard
+    seed: int = 0
+
+    def validate(self) -> None:
+        for field_ in ("{token}", "{class_name}"):
+            _require(field_ in self.prompt, "generate.prompt", f"must contain {field_}")
+        for key in ("steps", "batch_size", "samples_per_source", "shard_size"):
+            _require(getattr(self, key) >= 1, f"generate.{key}", "must be >= 1")
+        _require(self.guidance >= 0, "generate.guidance", "must be >= 0")
+        _require(0 < self.strength <= 1, "generate.strength", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """DDB step 6, the expensive half: ERM outputs and attributions of each sample."""
+
+    ig_steps: int = 20  # integrated-gradients steps from the source to the sample
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        _require(self.ig_steps >= 2, "score.ig_steps", "must be >= 2")
+        _require(self.batch_size >= 1, "score.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """DDB step 6, the cheap half: thresholds on the scores, each condition switchable."""
+
+    psi: bool = True  # (a) drop if ERM's p(old class | x') >= Psi_i (mean over the sources)
+    paired: bool = False  # (a') drop unless p(old class | x') <= p(old class | x) - delta
+    delta: float = 0.1
+    attribution: bool = True  # (b) drop if the mask's attribution share < threshold
+    threshold: float = 0.3
+
+    def validate(self) -> None:
+        _require(0 <= self.delta <= 1, "prune.delta", "must be in [0, 1]")
+        _require(0 <= self.threshold <= 1, "prune.threshold", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """DDB step 7: fine-tune ERM (new head) on original + kept generated samples."""
+
+    lr: float = 1e-4  # the rest of the recipe is `classifier`'s
+    epochs: int = 4
+    gamma: list[float] = field(default_factory=lambda: [1.0, 1.0])  # per generated class
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(self.lr > 0, "retrain.lr", "must be > 0")
+        _require(self.epochs >= 1, "retrain.epochs", "must be >= 1")
+        _require(all(g >= 0 for g in self.gamma), "retrain.gamma", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     confidence: float = 0.95
     bootstrap: int = 1000  # resamples for the intervals of WGA and the means
@@ -281,6 +398,13 @@ class Config:
     erm: ErmConfig = field(default_factory=ErmConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     dfr: DfrConfig = field(default_factory=DfrConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    invert: InvertConfig = field(default_factory=InvertConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     foundation: FoundationConfig = field(default_factory=FoundationConfig)
@@ -294,6 +418,12 @@ class Config:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        n_classes = len(self.data.class_names)
+        _require(
+            len(self.retrain.gamma) == n_classes,
+            "retrain.gamma",
+            f"needs one weight per class ({n_classes}), got {self.retrain.gamma}",
+        )
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:

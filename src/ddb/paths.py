@@ -11,7 +11,21 @@ CLIPSEG = FOUNDATION / "clipseg"
 ERM = MODELS / "erm"
 BASELINES = MODELS / "baselines"
 DFR = MODELS / "dfr"
+SELECT = MODELS / "select"
+SEGMENT = MODELS / "segment"
+INVERT = MODELS / "invert"
+GENERATE = MODELS / "generate"
+SCORE = MODELS / "score"
+PRUNE = MODELS / "prune"
+DDB = MODELS / "ddb"  # retrain on the kept samples
+DDB_NO_PRUNE = MODELS / "ddb_no_prune"  # retrain on every generated sample (the ablation)
 PREDICTIONS = MODELS / "evaluate"
 REPORTS = Path("reports")
 FIGURES = REPORTS / "figures"
 METRICS = REPORTS / "metrics.json"
+
+
+def model_dir(method: str) -> Path:
+    """Where a method's trained classifier (model.pt, history.csv) lives."""
+    named = {"erm": ERM, "dfr": DFR, "ddb": DDB, "ddb_no_prune": DDB_NO_PRUNE}
+    return named.get(method, BASELINES / method)

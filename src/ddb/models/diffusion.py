@@ -269,13 +269,15 @@ def inpaint(
     steps: int = 25,
     guidance: float = 2.0,
     strength: float = 1.0,
-    seed: int = 0,
+    seed: int | list[int] = 0,
 ) -> np.ndarray:
     """Repaint the masked region of each image, then paste it back onto the source.
 
     The VAE re-decodes the whole image, so pixels outside the mask would drift; pasting
     keeps them exactly the source's (diffusers' 9-channel pipeline does not do it).
     images: uint8 BxHxWx3; masks: bool BxHxW (True = repaint). Returns uint8 BxHxWx3.
+    seed: one seed for the batch, or one per image (then an image's result does not depend
+    on which batch it shares).
     """
     from PIL import Image
 
@@ -289,7 +291,11 @@ def inpaint(
         num_inference_steps=steps,
         guidance_scale=guidance,
         strength=strength,
-        generator=torch.Generator(pipe.device).manual_seed(seed),
+        generator=(
+            [torch.Generator(pipe.device).manual_seed(s) for s in seed]
+            if isinstance(seed, list)
+            else torch.Generator(pipe.device).manual_seed(seed)
+        ),
         output_type="np",
     ).images
     generated = np.clip(np.round(out * 255), 0, 255).astype(np.uint8)

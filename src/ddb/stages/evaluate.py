@@ -26,10 +26,8 @@ log = logging.getLogger(__name__)
 
 def trained_models(config: Config) -> dict[str, Path]:
     """Method name -> checkpoint, in the order the report lists them."""
-    models = {"erm": paths.ERM / "model.pt"}
-    models.update({name: paths.BASELINES / name / "model.pt" for name in config.baselines.methods})
-    models["dfr"] = paths.DFR / "model.pt"
-    return models
+    methods = ["erm", *config.baselines.methods, "dfr", "ddb_no_prune", "ddb"]
+    return {method: paths.model_dir(method) / "model.pt" for method in methods}
 
 
 def run(config: Config) -> None:

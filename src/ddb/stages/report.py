@@ -30,12 +30,14 @@ log = logging.getLogger(__name__)
 METHODS = {
     "erm": ("ERM", "no", "yes (model selection)"),
     **{name: (m.NAME, m.TRAIN_GROUPS, m.VAL_GROUPS) for name, m in REGISTRY.items()},
+    "ddb_no_prune": ("DDB without pruning", "no", "yes (model selection)"),
+    "ddb": ("DDB", "no", "yes (model selection)"),
 }
 
 
 def run(config: Config) -> None:
     metrics = json.loads(paths.METRICS.read_text())
-    histories = {method: _history_path(method) for method in metrics}
+    histories = {method: paths.model_dir(method) / "history.csv" for method in metrics}
     histories = {m: pd.read_csv(p) for m, p in histories.items() if p.is_file()}
     predictions = pd.read_csv(paths.PREDICTIONS / "predictions.csv")
     test = predictions[(predictions.split == "test") & (predictions.method == next(iter(metrics)))]
@@ -43,18 +45,82 @@ def run(config: Config) -> None:
         name: int((test.group == g).sum()) for g, name in enumerate(groups_of(config.data).names)
     }
     sizes = {name: n for name, n in sizes.items() if n}
-    write_text(
-        paths.REPORTS / "results.md", results_markdown(metrics, config.evaluate.confidence, sizes)
-    )
+    text = results_markdown(metrics, config.evaluate.confidence, sizes)
+    write_text(paths.REPORTS / "results.md", text + ddb_stages_markdown(read_ddb_summaries()))
     plot_group_accuracy(metrics, paths.FIGURES / "group_accuracy.png")
     plot_learning_curves(histories, paths.FIGURES / "learning_curves.png")
     log.info("wrote %s", paths.REPORTS / "results.md")
 
 
-def _history_path(method: str) -> Path:
-    return (
-        paths.ERM / "history.csv" if method == "erm" else paths.BASELINES / method / "history.csv"
-    )
+def read_ddb_summaries() -> dict:
+    """What each DDB stage achieved, from the summaries the stages wrote (absent: skipped)."""
+    files = {
+        "select": paths.SELECT / "summary.json",
+        "segment": paths.SEGMENT / "summary.json",
+        "invert": paths.INVERT / "summary.json",
+        "prune": paths.REPORTS / "prune.json",
+        "ddb": paths.DDB / "summary.json",
+    }
+    return {name: json.loads(p.read_text()) for name, p in files.items() if p.is_file()}
+
+
+def ddb_stages_markdown(summaries: dict) -> str:
+    """A section per DDB stage, so that a weak stage is visible when DDB falls short."""
+    if not summaries:
+        return ""
+    lines = ["", "## What each DDB stage achieved", ""]
+    if "select" in summaries:
+        for name, s in summaries["select"].items():
+            lines.append(
+                f"- **select** ({name}): {s['sources']} sources (ERM loss <= "
+                f"{s['max_source_loss']:.3g}, Psi = {s['psi']:.3f}), {s['inversion_images']} "
+                f"inversion images (ERM loss >= {s['min_inversion_loss']:.3g})."
+            )
+    if "segment" in summaries:
+        s = summaries["segment"]
+        iou = f", IoU against the true masks {s['iou']:.3f}" if "iou" in s else ""
+        lines.append(
+            f"- **segment**: {s['detected']} of {s['images']} images detected "
+            f"({s['skipped_sources']} sources skipped), mean mask area {s['mean_area']:.3f}{iou}."
+        )
+    for s in summaries.get("invert", {}).values():
+        lines.append(
+            f"- **invert** ({s['token']}): inversion loss {s['initial_loss']:.4f} -> "
+            f"{s['final_loss']:.4f} on {s['images']} images ({s['seconds']:.0f} s)."
+        )
+    if "prune" in summaries:
+        s = summaries["prune"]
+        lines.append(
+            f"- **generate / prune**: {s['generated']} generated, {s['kept']} kept "
+            f"({100 * s['pruned_share']:.1f}% pruned; conditions on: "
+            f"{', '.join(s['conditions_on']) or 'none'}; each would drop "
+            + ", ".join(f"{c} {n}" for c, n in s["would_drop"].items())
+            + ")."
+        )
+        for name, t in s["per_target"].items():
+            if t.get("independent_acc_all") is not None:
+                kept = t.get("independent_acc_kept")
+                kept = f"{100 * kept:.1f}%" if kept is not None else "n/a"
+                lines.append(
+                    f"  - as {name}: {t['generated']} generated, {t['kept']} kept; the "
+                    f"independent classifier (group-balanced baseline) calls "
+                    f"{100 * t['independent_acc_all']:.1f}% of them {name} ({kept} of the kept)."
+                )
+    if "ddb" in summaries:
+        s = summaries["ddb"]
+        lines.append(
+            f"- **retrain**: {s['original']} original + "
+            + ", ".join(f"{n} generated {c}" for c, n in s["generated"].items())
+            + f"; selected epoch {s['best_epoch']}."
+        )
+    lines += [
+        "",
+        "![prune scores](figures/prune_scores.png)",
+        "",
+        "![gallery of generated samples](figures/gallery.png)",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _cell(value: float, interval: list[float]) -> str:

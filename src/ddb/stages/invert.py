@@ -1,0 +1,92 @@
+"""invert: textual inversion of one token per class, `<class name>` (e.g. `<waterbird>`).
+
+Trains only the new token's embedding row of the inpainting pipeline's text encoder
+(`models.diffusion`), on the class's inversion images from `select` with the prompts
+"a photo of a <waterbird> bird" and the other templates, where "bird" is
+`invert.class_name`, the common noun, never the label word ("waterbird" would tokenize as
+"water" + "bird", the spurious element). The model is an inpainting one, so each image is
+given with its `segment` mask: the token must explain the masked causal component from its
+context (an image without a detection is given whole). Output: per class,
+models/invert/<class>/learned_embeds.safetensors in the diffusers format
+(`pipe.load_textual_inversion(path)` loads it into any Stable Diffusion pipeline), and
+summary.json with the inversion loss before and after training.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ddb import paths
+from ddb.config import Config
+from ddb.data.waterbirds import groups_of, load_image
+from ddb.models.inversion import save_learned_embeds, train_textual_inversion
+from ddb.models.loaders import load_inpaint_pipeline
+from ddb.training import resolve_device
+from ddb.utils import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+def token_of(class_name: str) -> str:
+    """The placeholder of a class: `<waterbird>`."""
+    return f"<{class_name}>"
+
+
+def run(config: Config) -> None:
+    cfg = config.invert
+    root = Path(config.data.root)
+    segments = pd.read_csv(paths.SEGMENT / "segments.csv")
+    device = resolve_device(cfg.device)
+    summary = {}
+    with atomic_path(paths.INVERT) as out:
+        out.mkdir()
+        for c, name in enumerate(groups_of(config.data).class_names):
+            rows = segments[(segments.y == c) & (segments.role == "inversion")]
+            if rows.empty:  # invert.num_images >= 1, so select found no image beyond the sources
+                raise ValueError(
+                    f"no inversion image for class {name}: lower select.sources_per_class"
+                )
+            images = np.stack([np.asarray(load_image(root / f)) for f in rows.img_filename])
+            masks = np.stack([inversion_mask(r, images.shape[1:3]) for r in rows.itertuples()])
+            pipe = load_inpaint_pipeline(config.models.diffusion, device)  # fresh: one token each
+            start = time.perf_counter()
+            result = train_textual_inversion(
+                pipe,
+                images,
+                masks,
+                token=token_of(name),
+                initializer=cfg.initializer,
+                class_name=cfg.class_name,
+                steps=cfg.steps,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                grad_accum=cfg.grad_accum,
+                seed=cfg.seed + c,
+                device=device,
+            )
+            save_learned_embeds(
+                out / name / "learned_embeds.safetensors", token_of(name), result.embedding
+            )
+            summary[name] = {
+                "token": token_of(name),
+                "images": len(images),
+                "whole_image_masks": int((~rows.detected).sum()),
+                "initial_loss": result.initial_loss,
+                "final_loss": result.final_loss,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            log.info("invert %s: loss %.4f -> %.4f", name, result.initial_loss, result.final_loss)
+        write_json(out / "summary.json", summary)
+
+
+def inversion_mask(row, shape) -> np.ndarray:
+    """The segment mask of an inversion image; the whole image where nothing was detected."""
+    if not row.detected:
+        return np.ones(shape, bool)
+    return np.asarray(Image.open(paths.SEGMENT / row.mask_filename)) > 0

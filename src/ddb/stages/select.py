@@ -1,0 +1,88 @@
+"""select: DDB's sources and inversion images, chosen from ERM's outputs alone.
+
+Reads models/erm/train_outputs.csv: the per-sample cross-entropy and softmax of ERM's
+*val-selected* checkpoint on every train image, under the deterministic eval transform
+(the checkpoint chosen by validation WGA, not the last epoch, so the losses are less those
+of a model that has memorised the train set). No train group label is read.
+
+Per class:
+- sources: the `select.sources_per_class` images of lowest loss, the most typical
+  (majority-group) images. Per-sample loss, not the batch mean the public code ranks by.
+- inversion images: the `invert.num_images` images of highest loss among the rest: the ones
+  ERM finds atypical, which are mostly the minority group (a waterbird on land), so the
+  learned token carries the bird rather than its usual background (the paper prefers
+  minority samples; the ablation's best count is 30).
+Writes models/select/selected.csv (img_filename, y, loss, prob_y, role, rank) and
+summary.json (counts and Psi_i, the mean ERM probability of class i over its sources, the
+threshold of prune's condition (a)).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from ddb import paths
+from ddb.config import Config
+from ddb.data.waterbirds import DataError, groups_of
+from ddb.utils import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config) -> None:
+    outputs_path = paths.ERM / "train_outputs.csv"
+    outputs = pd.read_csv(outputs_path)
+    n_classes = groups_of(config.data).n_classes
+    selected = select_images(
+        outputs, n_classes, config.select.sources_per_class, config.invert.num_images
+    )
+    for c in range(n_classes):
+        n = int(((selected.y == c) & (selected.role == "source")).sum())
+        if n == 0:
+            raise DataError(f"{outputs_path}: class {c} has no train image to select")
+    summary = selection_summary(selected, groups_of(config.data).class_names)
+    with atomic_path(paths.SELECT) as out:
+        out.mkdir()
+        selected.to_csv(out / "selected.csv", index=False)
+        write_json(out / "summary.json", summary)
+    log.info("select: %s", summary)
+
+
+def select_images(
+    outputs: pd.DataFrame, n_classes: int, sources_per_class: int, inversion_per_class: int
+) -> pd.DataFrame:
+    """Rows of `outputs` with role 'source' (lowest loss) or 'inversion' (highest loss of
+    the rest), `rank` 0 = first chosen. Ties break by file name, so the choice is stable."""
+    probs = outputs[[f"prob_{c}" for c in range(n_classes)]].to_numpy()
+    outputs = outputs.assign(prob_y=probs[np.arange(len(outputs)), outputs.y.to_numpy()])
+    parts = []
+    for c in range(n_classes):
+        of_class = outputs[outputs.y == c].sort_values(["loss", "img_filename"], kind="stable")
+        sources = of_class.head(sources_per_class)
+        rest = of_class.iloc[len(sources) :].sort_values(
+            ["loss", "img_filename"], ascending=[False, True], kind="stable"
+        )
+        inversion = rest.head(inversion_per_class)
+        parts.append(sources.assign(role="source", rank=range(len(sources))))
+        parts.append(inversion.assign(role="inversion", rank=range(len(inversion))))
+    columns = ["img_filename", "y", "loss", "prob_y", "role", "rank"]
+    return pd.concat(parts)[columns].reset_index(drop=True)
+
+
+def selection_summary(selected: pd.DataFrame, class_names) -> dict:
+    """Counts per class and role, and Psi (mean ERM probability of the class over its sources)."""
+    summary = {}
+    for c, name in enumerate(class_names):
+        sources = selected[(selected.y == c) & (selected.role == "source")]
+        inversion = selected[(selected.y == c) & (selected.role == "inversion")]
+        summary[name] = {
+            "sources": len(sources),
+            "inversion_images": len(inversion),
+            "psi": float(sources.prob_y.mean()) if len(sources) else None,
+            "max_source_loss": float(sources.loss.max()) if len(sources) else None,
+            "min_inversion_loss": float(inversion.loss.min()) if len(inversion) else None,
+        }
+    return summary
