@@ -77,6 +77,11 @@ TINY_OVERRIDES = {
     "classifier": {"batch_size": 8, "epochs": 2, "device": "cpu"},
     "evaluate": {"bootstrap": 200},
     "foundation_eval": {"images": 4, "steps": 2},
+    "select": {"sources_per_class": 4},
+    "invert": {"num_images": 2, "steps": 2, "batch_size": 2, "device": "cpu"},
+    "generate": {"steps": 2, "batch_size": 4, "shard_size": 4},
+    "score": {"ig_steps": 2},
+    "retrain": {"epochs": 1},
 }
 
 

@@ -3,6 +3,7 @@ experiment, as a user runs them."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,15 @@ def project(tmp_path_factory):
 
 def test_repro_writes_every_metric(project):
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert list(metrics) == ["erm", "group_balanced", "jtt", "group_dro", "dfr"]
+    assert list(metrics) == [
+        "erm",
+        "group_balanced",
+        "jtt",
+        "group_dro",
+        "dfr",
+        "ddb_no_prune",
+        "ddb",
+    ]
     for method in metrics.values():
         for split in ("val", "test"):
             m = method[split]
@@ -55,12 +64,26 @@ def test_repro_writes_every_metric(project):
             assert m["wga"] == min(m["groups"].values())
             assert 0 <= m["ci"]["wga"][0] <= m["wga"] <= m["ci"]["wga"][1] <= 1
     results = (project / "reports/results.md").read_text()
-    for name in ("ERM", "Group-balanced ERM (oracle)", "JTT", "GroupDRO", "DFR"):
+    for name in (
+        "ERM",
+        "Group-balanced ERM (oracle)",
+        "JTT",
+        "GroupDRO",
+        "DFR",
+        "DDB without pruning",
+        "DDB",
+    ):
         assert f"| {name} |" in results
     foundation = json.loads((project / "reports/foundation.json").read_text())
     assert 0 <= foundation["seg_iou"] <= 1 and 0 <= foundation["repaint_recognised"] <= 1
     assert foundation["outside_mask_max_change"] == 0  # paste-back keeps the source's pixels
-    for figure in ("data_grid", "group_accuracy", "learning_curves", "foundation_repaint"):
+    assert "## What each DDB stage achieved" in results
+    prune = json.loads((project / "reports/prune.json").read_text())
+    assert prune["generated"] == 8  # 4 sources per class, each repainted as the other class
+    manifest = (project / "models/generate/manifest.csv").read_text()
+    assert manifest.startswith("img_filename,y,split,place,")
+    figures = ["data_grid", "group_accuracy", "learning_curves", "foundation_repaint"]
+    for figure in [*figures, "prune_scores", "gallery"]:
         assert (project / f"reports/figures/{figure}.png").stat().st_size > 1000
 
 
@@ -69,15 +92,29 @@ def test_second_repro_does_nothing(project):
     assert "up to date" in _run("dvc", "status", cwd=project)
 
 
-def test_seed_experiment_reruns_only_what_the_seed_feeds(project):
+def _commit(project):
     _run("git", "add", "-A", cwd=project)
     _run(
         "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline", cwd=project
     )
+
+
+def _stages_run(out: str) -> set[str]:
+    return set(re.findall(r"Running stage '([a-z_]+)'", out))
+
+
+def test_prune_threshold_experiment_reruns_exactly_what_the_threshold_feeds(project):
+    _commit(project)
+    out = _run("dvc", "exp", "run", "-S", "prune.threshold=0.8", cwd=project)
+    assert _stages_run(out) == {"prune", "retrain", "evaluate", "report"}
+
+
+def test_seed_experiment_reruns_only_what_the_seed_feeds(project):
+    _commit(project)
     out = _run("dvc", "exp", "run", "-S", "erm.seed=1", cwd=project)
-    for stage in ("erm", "dfr", "evaluate", "report"):
-        assert f"Running stage '{stage}'" in out
-    assert "Running stage 'prepare'" not in out and "Running stage 'baselines'" not in out
+    ran = _stages_run(out)
+    assert {"erm", "dfr", "select", "retrain", "evaluate", "report"} <= ran
+    assert not ran & {"prepare", "baselines", "foundation_report"}
     table = json.loads(_run("dvc", "exp", "show", "--json", cwd=project))
     seeds = set()
     for commit in table:  # the workspace, the baseline commit and its experiments

@@ -1,0 +1,300 @@
+"""The DDB stages on tiny models and a handful of images: select, segment, generate, score,
+prune, retrain."""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from ddb import paths
+from ddb.config import PruneConfig
+from ddb.data.waterbirds import Groups, read_metadata
+from ddb.models.classifier import build_classifier, save_classifier
+from ddb.models.inversion import save_learned_embeds
+from ddb.stages import generate, prune, retrain, score, segment, select
+from tests.conftest import tiny_config
+from tests.tiny_models import tiny_inpaint_pipeline
+
+# ---- select -------------------------------------------------------------------------
+
+
+def _outputs(losses_by_class: dict[int, list[float]]) -> pd.DataFrame:
+    rows = []
+    for y, losses in losses_by_class.items():
+        for i, loss in enumerate(losses):
+            p = float(np.exp(-loss))
+            rows.append(
+                {
+                    "img_filename": f"c{y}/{i:03d}.png",
+                    "y": y,
+                    "loss": loss,
+                    "prob_0": p if y == 0 else 1 - p,
+                    "prob_1": p if y == 1 else 1 - p,
+                }
+            )
+    return pd.DataFrame(rows).sample(frac=1, random_state=0)  # order must not matter
+
+
+def test_select_takes_lowest_loss_sources_and_highest_loss_inversion_images():
+    outputs = _outputs({0: [0.5, 0.01, 2.0, 0.02, 3.0, 0.3], 1: [0.05, 1.5, 0.04, 0.9]})
+    chosen = select.select_images(outputs, 2, sources_per_class=2, inversion_per_class=2)
+    by = {(y, r): list(g.sort_values("rank").loss) for (y, r), g in chosen.groupby(["y", "role"])}
+    assert by[(0, "source")] == [0.01, 0.02]
+    assert by[(0, "inversion")] == [3.0, 2.0]
+    assert by[(1, "source")] == [0.04, 0.05]
+    assert by[(1, "inversion")] == [1.5, 0.9]
+    # an image is a source or an inversion image, never both
+    assert not chosen.img_filename.duplicated().any()
+    summary = select.selection_summary(chosen, ["landbird", "waterbird"])
+    assert summary["landbird"]["psi"] == pytest.approx(np.mean(np.exp([-0.01, -0.02])))
+
+
+def test_select_with_fewer_images_than_asked_keeps_what_there_is():
+    chosen = select.select_images(_outputs({0: [0.1, 0.2], 1: [0.3]}), 2, 5, 5)
+    assert (chosen.role == "source").sum() == 3 and (chosen.role == "inversion").sum() == 0
+
+
+# ---- segment ------------------------------------------------------------------------
+
+
+def test_box_mask_covers_the_dilated_outline():
+    mask = np.zeros((16, 16), bool)
+    mask[4:8, 5:7] = True
+    mask[9, 10] = True
+    outline = segment.shape_mask(mask, dataclasses.replace(tiny_config().segment, dilate=1))
+    box = segment.shape_mask(
+        mask, dataclasses.replace(tiny_config().segment, dilate=1, mask_shape="box")
+    )
+    assert outline[3, 5] and not outline[3, 4] and outline[10, 10]  # grown by 1 px, 4-connected
+    assert (box >= outline).all() and box[3:11, 4:12].all() and box.sum() == 8 * 8
+
+
+# ---- generate -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def generation_inputs(in_tmp_repo: Path, waterbirds_folder: Path):
+    """A project folder with segment and invert outputs written by hand, and a tiny pipeline."""
+    pipe_dir = in_tmp_repo / "pipe"
+    tiny_inpaint_pipeline().save_pretrained(pipe_dir)
+    table = read_metadata(waterbirds_folder, Groups())
+    train = table[table.split == 0]
+    sources = pd.concat([train[train.y == 0].head(3), train[train.y == 1].head(2)])
+    rows = []
+    (paths.SEGMENT / "masks").mkdir(parents=True)
+    for i, row in enumerate(sources.itertuples()):
+        mask = np.zeros((24, 24), np.uint8)
+        mask[6:18, 6:18] = 255  # the bright square of the fixture's images
+        name = f"masks/{i:05d}.png"
+        Image.fromarray(mask).save(paths.SEGMENT / name)
+        rows.append(
+            {
+                "img_filename": row.img_filename,
+                "y": row.y,
+                "role": "source",
+                "mask_filename": name,
+                "detected": i != 1,  # one source without a detection: skipped
+            }
+        )
+    pd.DataFrame(rows).to_csv(paths.SEGMENT / "segments.csv", index=False)
+    torch.manual_seed(0)
+    for name in ("landbird", "waterbird"):
+        save_learned_embeds(
+            paths.INVERT / name / "learned_embeds.safetensors", f"<{name}>", torch.randn(1, 32)
+        )
+    config = tiny_config(waterbirds_folder)
+    return dataclasses.replace(
+        config,
+        models=dataclasses.replace(config.models, diffusion=str(pipe_dir)),
+        generate=dataclasses.replace(
+            config.generate, steps=2, shard_size=2, batch_size=2, samples_per_source=1
+        ),
+    )
+
+
+def test_generate_labels_with_the_target_and_keeps_pixels_outside_the_mask(generation_inputs):
+    config = generation_inputs
+    generate.run(config)
+    manifest = pd.read_csv(paths.GENERATE / "manifest.csv")
+    assert len(manifest) == 4  # 4 detected sources x 1 other class
+    assert (manifest.y != manifest.source_y).all()
+    assert set(manifest.prompt) == {"a photo of a <landbird> bird", "a photo of a <waterbird> bird"}
+    assert (manifest.prompt.str.contains("<waterbird>") == (manifest.y == 1)).all()
+    assert (manifest.split == 0).all()
+    changed_inside = 0
+    for row in manifest.itertuples():
+        source = np.asarray(Image.open(Path(config.data.root) / row.source_filename).convert("RGB"))
+        sample = np.asarray(Image.open(paths.GENERATE / row.img_filename))
+        mask = np.asarray(Image.open(paths.SEGMENT / row.mask_filename)) > 0
+        assert sample.shape == source.shape
+        assert (sample[~mask] == source[~mask]).all()  # paste-back: exactly the source's
+        changed_inside += int((sample[mask] != source[mask]).any())
+    assert changed_inside == len(manifest)
+
+
+def test_generate_resumes_after_an_interruption_and_ends_equal(
+    generation_inputs, monkeypatch, tmp_path
+):
+    config = generation_inputs
+    generate.run(config)
+    reference = tmp_path / "uninterrupted"
+    paths.GENERATE.rename(reference)
+
+    calls = []
+    write_shard = generate.write_shard
+
+    def interrupted(*args):
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # stopped while working on the second shard
+        calls.append(args)
+        write_shard(*args)
+
+    monkeypatch.setattr(generate, "write_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate.run(config)
+    assert sorted(p.name for p in (paths.GENERATE / "shards").iterdir()) == ["shard_00000"]
+    monkeypatch.setattr(generate, "write_shard", lambda *a: calls.append(a) or write_shard(*a))
+    generate.run(config)
+    assert len(calls) == 2  # the finished shard was not generated again
+    compare = filecmp.dircmp(reference, paths.GENERATE)
+    assert _same_tree(reference, paths.GENERATE), compare.report_full_closure()
+
+
+def test_generate_discards_shards_made_under_other_params(generation_inputs):
+    config = generation_inputs
+    generate.run(config)
+    first = (paths.GENERATE / "shards/shard_00000/000000.png").read_bytes()
+    changed = dataclasses.replace(
+        config, generate=dataclasses.replace(config.generate, seed=config.generate.seed + 1)
+    )
+    generate.run(changed)
+    assert (paths.GENERATE / "shards/shard_00000/000000.png").read_bytes() != first
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return files_a == files_b and all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+
+
+# ---- score --------------------------------------------------------------------------
+
+
+def test_attribution_score_is_the_positive_share_inside_the_mask():
+    attribution = torch.zeros(3, 4, 4)
+    mask = torch.zeros(3, 4, 4)
+    mask[:, :2] = 1
+    attribution[0, 0, 0] = 3.0  # all evidence for the target, inside the mask
+    attribution[1, 0, 0], attribution[1, 3, 3] = 1.0, 3.0  # most of it outside
+    attribution[2, 0, 0], attribution[2, 1, 1] = 1.0, -1.0  # inside, but half against
+    scores = score.attribution_scores(attribution, mask)
+    assert scores["attr_score"] == pytest.approx([1.0, 0.25, 0.5])
+    assert scores["attr_sum"] == pytest.approx([3.0, 1.0, 0.0])
+    zero = score.attribution_scores(torch.zeros(1, 4, 4), mask[:1])
+    assert zero["attr_score"] == pytest.approx([0.0])
+
+
+def test_integrated_gradients_vanish_where_sample_and_source_agree():
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 2).eval()
+    source = torch.randn(2, 3, 32, 32)
+    sample = source.clone()
+    sample[:, :, 8:20, 8:20] += 1.0
+    attribution = score.integrated_gradients(model, sample, source, torch.tensor([0, 1]), 8)
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[8:20, 8:20] = False
+    assert attribution.shape == (2, 32, 32)
+    assert attribution[:, outside].abs().max() == 0
+    assert attribution[:, ~outside].abs().sum() > 0
+
+
+# ---- prune --------------------------------------------------------------------------
+
+
+def _scores():
+    return pd.DataFrame(
+        {
+            "source_y": [0, 0, 1, 1],
+            "y": [1, 1, 0, 0],
+            "p_old": [0.99, 0.5, 0.2, 0.85],
+            "p_old_source": [0.995, 0.99, 0.25, 0.9],
+            "attr_score": [0.9, 0.1, 0.6, 0.4],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, kept",
+    [
+        ({}, [True] * 4),
+        ({"psi": True}, [False, True, True, True]),  # 0.99 >= Psi_0 = 0.98
+        ({"paired": True}, [False, True, False, False]),  # falls by < 0.1 except row 1
+        ({"attribution": True}, [True, False, True, True]),  # 0.1 < 0.3
+        ({"psi": True, "attribution": True}, [False, False, True, True]),
+    ],
+)
+def test_prune_conditions_on_hand_made_scores(flags, kept):
+    cfg = PruneConfig(**{"psi": False, "paired": False, "attribution": False, **flags})
+    psi = np.array([0.98, 0.9])
+    decisions = prune.prune_decisions(_scores(), psi, cfg)
+    assert list(decisions.kept) == kept
+
+
+def test_prune_threshold_moves_the_cut():
+    cfg = PruneConfig(psi=False, attribution=True, threshold=0.5)
+    decisions = prune.prune_decisions(_scores(), np.array([1.0, 1.0]), cfg)
+    assert list(decisions.kept) == [True, False, True, False]
+
+
+# ---- retrain ------------------------------------------------------------------------
+
+
+def test_subset_loss_weights_per_subset_means_and_skips_absent_subsets():
+    loss = retrain.subset_loss([2.0, 10.0])
+    losses = torch.tensor([1.0, 3.0, 4.0, 100.0])
+    subset = torch.tensor([0, 0, 1, 2])
+    assert loss(losses, subset).item() == pytest.approx(2.0 + 2 * 4.0 + 10 * 100.0)
+    only_original = loss(torch.tensor([1.0, 3.0]), torch.tensor([0, 0]))
+    assert only_original.item() == pytest.approx(2.0)  # no NaN from an empty subset
+
+
+def test_augmented_set_carries_subset_ids_not_groups(waterbirds_folder, tmp_path):
+    config = tiny_config(waterbirds_folder)
+    table = read_metadata(waterbirds_folder, Groups())
+    train = table[table.split == 0]
+    generated = pd.DataFrame({"img_filename": train.img_filename[:3].to_list(), "y": [1, 0, 1]})
+    dataset = retrain.augmented_train_set(
+        waterbirds_folder, train, waterbirds_folder, generated, 24, config.classifier
+    )
+    subsets = [int(dataset[i][2]) for i in range(len(dataset))]
+    assert subsets == [0] * len(train) + [2, 1, 2]
+    assert [int(dataset[len(train) + i][1]) for i in range(3)] == [1, 0, 1]
+
+
+def test_retrain_reads_no_group_label_of_generated_samples(in_tmp_repo, waterbirds_folder):
+    """The manifest's place column is garbage here; retrain must not care, and must work
+    when batches hold no generated sample (a single generated image, batch size 8)."""
+    config = tiny_config(waterbirds_folder)
+    config = dataclasses.replace(config, retrain=dataclasses.replace(config.retrain, epochs=1))
+    torch.manual_seed(0)
+    save_classifier(build_classifier("resnet18", 2), "resnet18", 2, paths.ERM / "model.pt")
+    table = read_metadata(waterbirds_folder, Groups())
+    source = table[table.split == 0].img_filename.iloc[0]
+    image = Image.open(waterbirds_folder / source)
+    (paths.GENERATE / "shards").mkdir(parents=True)
+    image.save(paths.GENERATE / "shards/0.png")
+    manifest = pd.DataFrame(
+        {"img_filename": ["shards/0.png"], "y": [1], "split": [0], "place": ["not a place"]}
+    )
+    manifest.to_csv(paths.GENERATE / "manifest.csv", index=False)
+    retrain.run_no_prune(config)
+    history = pd.read_csv(paths.DDB_NO_PRUNE / "history.csv")
+    assert np.isfinite(history.train_loss).all()
+    assert (paths.DDB_NO_PRUNE / "model.pt").is_file()
