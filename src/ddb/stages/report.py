@@ -39,6 +39,8 @@ def run(config: Config) -> None:
     metrics = json.loads(paths.METRICS.read_text())
     histories = {method: paths.model_dir(method) / "history.csv" for method in metrics}
     histories = {m: pd.read_csv(p) for m, p in histories.items() if p.is_file()}
+    # per-epoch histories only (DFR's history is its grid of C)
+    histories = {m: h for m, h in histories.items() if "epoch" in h.columns}
     predictions = pd.read_csv(paths.PREDICTIONS / "predictions.csv")
     test = predictions[(predictions.split == "test") & (predictions.method == next(iter(metrics)))]
     sizes = {
