@@ -11,8 +11,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
@@ -21,7 +23,12 @@ from tqdm import tqdm
 from ddb.config import ClassifierConfig, Config, ConfigError
 from ddb.data.waterbirds import ImageTable, split_table
 from ddb.metrics import worst_group_accuracy
-from ddb.models.classifier import build_classifier, eval_transform, train_transform
+from ddb.models.classifier import (
+    build_classifier,
+    eval_transform,
+    save_classifier,
+    train_transform,
+)
 from ddb.utils import seed_everything
 
 log = logging.getLogger(__name__)
@@ -112,6 +119,15 @@ def train_classifier(
     model.load_state_dict(best_state)
     log.info("%s: selected epoch %d (val WGA %.3f)", desc, best_epoch, best[0])
     return TrainResult(model.eval(), best_epoch, history)
+
+
+def save_result(result: TrainResult, arch: str, n_classes: int, folder: Path) -> None:
+    """A trained classifier's folder: model.pt (the selected checkpoint) and history.csv."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_classifier(
+        result.model, arch, n_classes, folder / "model.pt", best_epoch=result.best_epoch
+    )
+    pd.DataFrame(result.history).to_csv(folder / "history.csv", index=False)
 
 
 def _train_epoch(model, loader, optimizer, scheduler, weights, group_loss, device):

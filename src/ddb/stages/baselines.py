@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import logging
 
-import pandas as pd
-
 from ddb import paths
 from ddb.config import Config
 from ddb.data.waterbirds import load_dataset
 from ddb.methods import METHODS
-from ddb.models.classifier import save_classifier
+from ddb.training import save_result
 from ddb.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -26,12 +24,4 @@ def run(config: Config) -> None:
         for name in config.baselines.methods:
             log.info("baseline %s", name)
             result = METHODS[name].train(config, root, table, groups)
-            (out / name).mkdir()
-            save_classifier(
-                result.model,
-                config.classifier.arch,
-                groups.n_classes,
-                out / name / "model.pt",
-                best_epoch=result.best_epoch,
-            )
-            pd.DataFrame(result.history).to_csv(out / name / "history.csv", index=False)
+            save_result(result, config.classifier.arch, groups.n_classes, out / name)

@@ -16,8 +16,8 @@ import pandas as pd
 from ddb import paths
 from ddb.config import Config
 from ddb.data.waterbirds import ImageTable, load_dataset, split_table
-from ddb.models.classifier import eval_transform, save_classifier
-from ddb.training import fit_classifier, predict
+from ddb.models.classifier import eval_transform
+from ddb.training import fit_classifier, predict, save_result
 from ddb.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -30,15 +30,7 @@ def run(config: Config) -> None:
     train_set = ImageTable(root, train, eval_transform(config.data.image_size))
     outputs = per_sample_outputs(result.model, train_set, train)
     with atomic_path(paths.ERM) as out:
-        out.mkdir()
-        save_classifier(
-            result.model,
-            config.classifier.arch,
-            groups.n_classes,
-            out / "model.pt",
-            best_epoch=result.best_epoch,
-        )
-        pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+        save_result(result, config.classifier.arch, groups.n_classes, out)
         outputs.to_csv(out / "train_outputs.csv", index=False)
     log.info("saved %s", paths.ERM)
 

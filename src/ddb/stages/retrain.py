@@ -33,10 +33,9 @@ from ddb.models.classifier import (
     eval_transform,
     load_classifier,
     reset_head,
-    save_classifier,
     train_transform,
 )
-from ddb.training import resolve_device, train_classifier
+from ddb.training import resolve_device, save_result, train_classifier
 from ddb.utils import atomic_path, seed_everything, write_json
 
 log = logging.getLogger(__name__)
@@ -78,15 +77,7 @@ def retrain(config: Config, manifest_path: Path, out_dir: Path) -> None:
     )
     counts = generated.y.value_counts().to_dict()
     with atomic_path(out_dir) as out:
-        out.mkdir()
-        save_classifier(
-            result.model,
-            config.classifier.arch,
-            groups.n_classes,
-            out / "model.pt",
-            best_epoch=result.best_epoch,
-        )
-        pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+        save_result(result, config.classifier.arch, groups.n_classes, out)
         write_json(
             out / "summary.json",
             {
