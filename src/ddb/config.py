@@ -209,7 +209,7 @@ class InvertConfig:
     num_images: int = 30  # per class, preferring likely minority samples (highest ERM loss)
     initializer: str = "bird"  # a one-token word the new embeddings start from
     class_name: str = "bird"  # the common noun in "a photo of a <token> bird", never the label
-    steps: int = 300
+    steps: int = 200
     lr: float = 0.005
     batch_size: int = 8
     grad_accum: int = 1
@@ -267,7 +267,7 @@ class PruneConfig:
     paired: bool = False  # (a') drop unless p(old class | x') <= p(old class | x) - delta
     delta: float = 0.1
     attribution: bool = True  # (b) drop if the mask's attribution share < threshold
-    threshold: float = 0.3
+    threshold: float = 0.6
 
     def validate(self) -> None:
         _require(0 <= self.delta <= 1, "prune.delta", "must be in [0, 1]")
