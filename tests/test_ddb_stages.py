@@ -298,3 +298,42 @@ def test_retrain_reads_no_group_label_of_generated_samples(in_tmp_repo, waterbir
     history = pd.read_csv(paths.DDB_NO_PRUNE / "history.csv")
     assert np.isfinite(history.train_loss).all()
     assert (paths.DDB_NO_PRUNE / "model.pt").is_file()
+
+
+class FakeState:
+    """accelerate's PartialState as process `index` of `count` sees it (no real processes)."""
+
+    def __init__(self, index: int, count: int):
+        self.process_index, self.num_processes = index, count
+        self.is_main_process = self.is_local_main_process = index == 0
+        self.device = torch.device("cpu")
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_generate_shards_split_by_process_index_add_up_to_one_run(
+    generation_inputs, monkeypatch, tmp_path
+):
+    import accelerate
+
+    config = generation_inputs
+    generate.run(config)
+    reference = tmp_path / "one_process"
+    paths.GENERATE.rename(reference)
+    # what the main process does before the first barrier: prepare the output folder
+    segments = pd.read_csv(paths.SEGMENT / "segments.csv")
+    jobs = generate.plan_jobs(segments, ("landbird", "waterbird"), config)
+    generate.prepare_output(paths.GENERATE, generate.job_fingerprint(config, jobs))
+    written = {}
+    write_shard = generate.write_shard
+    for index in (1, 0):  # the second process first: the main one writes the manifest
+        monkeypatch.setattr(accelerate, "PartialState", lambda i=index: FakeState(i, 2))
+        monkeypatch.setattr(
+            generate,
+            "write_shard",
+            lambda *a, i=index: written.setdefault(i, []).append(a[2].name) or write_shard(*a),
+        )
+        generate.run(config)
+    assert written == {1: ["shard_00001"], 0: ["shard_00000"]}
+    assert _same_tree(reference, paths.GENERATE)
