@@ -241,7 +241,8 @@ def _scores():
     ],
 )
 def test_prune_conditions_on_hand_made_scores(flags, kept):
-    cfg = PruneConfig(**{"psi": False, "paired": False, "attribution": False, **flags})
+    off = {"psi": False, "paired": False, "attribution": False}
+    cfg = PruneConfig(**{**off, **flags}, delta=0.1, threshold=0.3)
     psi = np.array([0.98, 0.9])
     decisions = prune.prune_decisions(_scores(), psi, cfg)
     assert list(decisions.kept) == kept
