@@ -22,9 +22,9 @@ def test_group_balanced_weights_give_every_group_the_same_total():
     assert totals == pytest.approx([1.0] * 4)
 
 
-def _fit(folder, model=None, **weights):
+def _fit(folder, model=None, batch_size=8, **weights):
     config = tiny_config(folder)
-    cfg = dataclasses.replace(config.classifier, epochs=3, batch_size=8, augment=False)
+    cfg = dataclasses.replace(config.classifier, epochs=3, batch_size=batch_size, augment=False)
     root, table, groups = load_dataset(config.data)
     train = split_table(table, "train")
     seed_everything(0)
@@ -48,6 +48,14 @@ def test_selected_checkpoint_is_the_best_validation_wga(waterbirds_folder):
     assert len(history) == 3
     best = history.loc[history.epoch == result.best_epoch, "val_wga"].item()
     assert best == history.val_wga.max()
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_last_batch_of_one_sample_does_not_stop_batchnorm(waterbirds_folder, weighted):
+    # 28 train images in batches of 9 leave one image over: BatchNorm cannot train on it
+    weights = {"sample_weights": np.ones(28)} if weighted else {}
+    result, _ = _fit(waterbirds_folder, batch_size=9, **weights)
+    assert len(result.history) == 3 and np.isfinite(result.history[-1]["train_loss"])
 
 
 class BiasOnly(torch.nn.Module):

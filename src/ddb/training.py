@@ -71,11 +71,19 @@ def train_classifier(
     select_best=False keeps the last epoch (JTT's identification model).
     """
     generator = torch.Generator().manual_seed(seed)
+    # a last batch of one sample would stop BatchNorm in training mode; drop only that one
+    drop_last = len(train_set) % cfg.batch_size == 1
     if sample_weights is not None:
         sampler = WeightedRandomSampler(
             torch.as_tensor(sample_weights, dtype=torch.double), len(train_set), generator=generator
         )
-        loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
+        loader = DataLoader(
+            train_set,
+            cfg.batch_size,
+            sampler=sampler,
+            num_workers=cfg.num_workers,
+            drop_last=drop_last,
+        )
     else:
         loader = DataLoader(
             train_set,
@@ -83,6 +91,7 @@ def train_classifier(
             shuffle=True,
             generator=generator,
             num_workers=cfg.num_workers,
+            drop_last=drop_last,
         )
     weights = None
     if loss_weights is not None:  # mean 1 over the train set, so the lr means the same
