@@ -38,6 +38,11 @@ def test_every_default_key_is_in_params_yaml():
         ("prepare:\n  bird_scale: [0.9, 0.5]\n", ["prepare.bird_scale"]),
         ("data:\n  class_names: [a, a]\n", ["data.class_names"]),
         ("erm: 3\n", ["erm", "mapping"]),
+        ("retrain:\n  gamma: [1.0]\n", ["retrain.gamma", "one weight per class"]),
+        ("segment:\n  mask_shape: circle\n", ["segment.mask_shape", "outline"]),
+        ("generate:\n  prompt: a photo of a bird\n", ["generate.prompt", "{token}"]),
+        ("prune:\n  threshold: 1.5\n", ["prune.threshold", "[0, 1]"]),
+        ("invert:\n  class_name: ''\n", ["invert.class_name"]),
     ],
 )
 def test_bad_params_name_the_key(text, names):
