@@ -51,6 +51,11 @@ EVAL_TIMESTEPS = 4  # per image, for the before/after loss
 ENCODE_CHUNK = 8  # images per VAE call when precomputing latents (bounds GPU memory at 512 px)
 
 
+def placeholder_token(class_name: str) -> str:
+    """The token DDB learns for a class: `<waterbird>` (used by invert and generate)."""
+    return f"<{class_name}>"
+
+
 def inversion_prompts(token: str, class_name: str) -> list[str]:
     """Every template filled with '<token> class_name'. class_name is the common noun of the
     causal component ('bird'), never the label word ('waterbird' tokenizes as water + bird,

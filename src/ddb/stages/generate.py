@@ -40,6 +40,7 @@ from ddb import paths
 from ddb.config import Config
 from ddb.data.waterbirds import groups_of, load_image, read_metadata
 from ddb.models.diffusion import inpaint
+from ddb.models.inversion import placeholder_token
 from ddb.models.loaders import load_inpaint_pipeline
 from ddb.utils import atomic_path, sha256_file, write_json
 
@@ -101,7 +102,8 @@ def run(config: Config) -> None:
 
 
 def plan_jobs(segments: pd.DataFrame, class_names, config: Config) -> pd.DataFrame:
-    """One row per image to generate, in a fixed order; its seed is generate.seed + index."""
+    """One row per image to generate, in a fixed order; image k's seed is
+    generate.seed * 1000003 + k (seeds of different generate.seed values do not overlap)."""
     cfg = config.generate
     sources = segments[(segments.role == "source") & segments.detected]
     rows = []
@@ -110,7 +112,7 @@ def plan_jobs(segments: pd.DataFrame, class_names, config: Config) -> pd.DataFra
             if target == source.y:
                 continue
             for _ in range(cfg.samples_per_source):
-                token = f"<{class_names[target]}>"
+                token = placeholder_token(class_names[target])
                 rows.append(
                     {
                         "source_filename": source.img_filename,

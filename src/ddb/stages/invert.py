@@ -25,17 +25,16 @@ from PIL import Image
 from ddb import paths
 from ddb.config import Config
 from ddb.data.waterbirds import groups_of, load_image
-from ddb.models.inversion import save_learned_embeds, train_textual_inversion
+from ddb.models.inversion import (
+    placeholder_token,
+    save_learned_embeds,
+    train_textual_inversion,
+)
 from ddb.models.loaders import load_inpaint_pipeline
 from ddb.training import resolve_device
 from ddb.utils import atomic_path, write_json
 
 log = logging.getLogger(__name__)
-
-
-def token_of(class_name: str) -> str:
-    """The placeholder of a class: `<waterbird>`."""
-    return f"<{class_name}>"
 
 
 def run(config: Config) -> None:
@@ -60,7 +59,7 @@ def run(config: Config) -> None:
                 pipe,
                 images,
                 masks,
-                token=token_of(name),
+                token=placeholder_token(name),
                 initializer=cfg.initializer,
                 class_name=cfg.class_name,
                 steps=cfg.steps,
@@ -71,10 +70,10 @@ def run(config: Config) -> None:
                 device=device,
             )
             save_learned_embeds(
-                out / name / "learned_embeds.safetensors", token_of(name), result.embedding
+                out / name / "learned_embeds.safetensors", placeholder_token(name), result.embedding
             )
             summary[name] = {
-                "token": token_of(name),
+                "token": placeholder_token(name),
                 "images": len(images),
                 "whole_image_masks": int((~rows.detected).sum()),
                 "initial_loss": result.initial_loss,

@@ -18,6 +18,7 @@ masks, samples, attribution maps, kept or pruned, with their scores).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -37,6 +38,7 @@ from ddb.utils import atomic_path, write_json  # noqa: E402
 log = logging.getLogger(__name__)
 
 GALLERY_PER_TARGET = 4  # sources shown per target class
+CONDITIONS = ("psi", "paired", "attribution")  # PruneConfig's switches
 
 
 def run(config: Config) -> None:
@@ -71,19 +73,15 @@ def prune_decisions(scores: pd.DataFrame, psi: np.ndarray, cfg: PruneConfig) -> 
 
 def prune_summary(table: pd.DataFrame, class_names, psi: np.ndarray, cfg: PruneConfig) -> dict:
     """Counts overall and per target class; each condition's count also when switched off."""
-    old = table.source_y.to_numpy()
-    would_drop = {
-        "psi": table.p_old.to_numpy() >= psi[old],
-        "paired": (table.p_old > table.p_old_source - cfg.delta).to_numpy(),
-        "attribution": (table.attr_score < cfg.threshold).to_numpy(),
-    }
+    every_condition = dataclasses.replace(cfg, psi=True, paired=True, attribution=True)
+    would_drop = prune_decisions(table, psi, every_condition)
     summary = {
         "generated": len(table),
         "kept": int(table.kept.sum()),
         "pruned_share": float(1 - table.kept.mean()) if len(table) else 0.0,
         "psi": dict(zip(class_names, psi.tolist())),
-        "conditions_on": [c for c in ("psi", "paired", "attribution") if getattr(cfg, c)],
-        "would_drop": {c: int(v.sum()) for c, v in would_drop.items()},
+        "conditions_on": [c for c in CONDITIONS if getattr(cfg, c)],
+        "would_drop": {c: int(would_drop[f"drop_{c}"].sum()) for c in CONDITIONS},
         "per_target": {},
     }
     for c, name in enumerate(class_names):
@@ -174,7 +172,7 @@ def gallery_rows(table: pd.DataFrame, n_classes: int) -> list[int]:
         pruned = list(part.index[~part.kept])
         half = GALLERY_PER_TARGET // 2
         pick = kept[:half] + pruned[:half]
-        rest = [i for i in kept[half:] + pruned[half:]]
+        rest = kept[half:] + pruned[half:]
         chosen += pick + rest[: GALLERY_PER_TARGET - len(pick)]
     return chosen
 

@@ -97,7 +97,8 @@ def score_batch(
     transform = eval_transform(size)
     x_new = torch.stack([transform(im) for im in generated])
     x_source = torch.stack([transform(im) for im in sources])
-    mask = torch.stack([mask_transform(size)(m.convert("L"))[0] > 127 for m in masks]).float()
+    to_mask = mask_transform(size)
+    mask = torch.stack([to_mask(m.convert("L"))[0] > 127 for m in masks]).float()
     old, new = torch.as_tensor(source_y), torch.as_tensor(target_y)
     rows = torch.arange(len(old))
     with torch.no_grad():
