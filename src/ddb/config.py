@@ -190,6 +190,7 @@ class SegmentConfig:
     threshold: float = 0.5  # on the segmenter's per-pixel probability
     dilate: int = 2  # px added around the mask (covers the outline's fringe)
     mask_shape: str = "outline"  # outline: the mask itself | box: its bounding box
+    source: str = "clipseg"  # clipseg: models.segmenter | truth: the dataset's own masks (control)
     min_area: float = 0.01  # a mask below this share of the image counts as no detection
     batch_size: int = 64
 
@@ -198,6 +199,7 @@ class SegmentConfig:
         _require(0 < self.threshold < 1, "segment.threshold", "must be in (0, 1)")
         _require(self.dilate >= 0, "segment.dilate", "must be >= 0")
         _require_choice("segment.mask_shape", self.mask_shape, ("outline", "box"))
+        _require_choice("segment.source", self.source, ("clipseg", "truth"))
         _require(0 <= self.min_area < 1, "segment.min_area", "must be in [0, 1)")
         _require(self.batch_size >= 1, "segment.batch_size", "must be >= 1")
 
@@ -206,7 +208,7 @@ class SegmentConfig:
 class InvertConfig:
     """DDB step 3: textual inversion, one new token per class (`<class name>`)."""
 
-    num_images: int = 30  # per class, preferring likely minority samples (highest ERM loss)
+    num_images: int = 30  # per class, highest ERM loss first; 0: no inversion (class words)
     initializer: str = "bird"  # a one-token word the new embeddings start from
     class_name: str = "bird"  # the common noun in "a photo of a <token> bird", never the label
     steps: int = 200
@@ -217,7 +219,7 @@ class InvertConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        _require(self.num_images >= 1, "invert.num_images", "must be >= 1")
+        _require(self.num_images >= 0, "invert.num_images", "must be >= 0 (0: no inversion)")
         _require(self.class_name.strip() != "", "invert.class_name", "must be a common noun")
         for key in ("steps", "batch_size", "grad_accum"):
             _require(getattr(self, key) >= 1, f"invert.{key}", "must be >= 1")
@@ -229,6 +231,7 @@ class InvertConfig:
 class GenerateConfig:
     """DDB step 5: repaint each source's causal region as another class."""
 
+    method: str = "diffusion"  # diffusion | copy_paste (a real object of the class, control)
     prompt: str = "a photo of a {token} {class_name}"
     steps: int = 25  # denoising steps
     guidance: float = 2.0  # classifier-free guidance scale
@@ -239,6 +242,7 @@ class GenerateConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        _require_choice("generate.method", self.method, ("diffusion", "copy_paste"))
         for field_ in ("{token}", "{class_name}"):
             _require(field_ in self.prompt, "generate.prompt", f"must contain {field_}")
         for key in ("steps", "batch_size", "samples_per_source", "shard_size"):
@@ -298,6 +302,62 @@ class EvaluateConfig:
     def validate(self) -> None:
         _require(0 < self.confidence < 1, "evaluate.confidence", "must be in (0, 1)")
         _require(self.bootstrap >= 100, "evaluate.bootstrap", "must be >= 100")
+
+
+# Columns of the paper table: dataset -> the params it overrides (as `dvc exp run -S`).
+PAPER_DATASETS: dict[str, dict[str, Any]] = {
+    "embedded": {},
+    "waterbirds": {
+        "data.root": "data/waterbird_complete95_forest2water2",
+        "data.image_size": 224,
+        "classifier.arch": "resnet50",
+        "classifier.pretrained": True,
+        "models.diffusion": "stabilityai/stable-diffusion-2-inpainting",
+        "models.segmenter": "CIDAS/clipseg-rd64-refined",
+    },
+    "celeba": {
+        "data.root": "data/celeba",
+        "data.class_names": ["non_blond", "blond"],
+        "data.place_names": ["female", "male"],
+        "data.image_size": 224,
+        "classifier.arch": "resnet50",
+        "classifier.pretrained": True,
+        "segment.prompt": "hair",
+        "invert.class_name": "hair",
+        "invert.initializer": "hair",
+        "models.diffusion": "stabilityai/stable-diffusion-2-inpainting",
+        "models.segmenter": "CIDAS/clipseg-rd64-refined",
+    },
+    "metashift": {
+        "data.root": "data/metashift",
+        "data.class_names": ["cat", "dog"],
+        "data.place_names": ["indoor", "outdoor"],
+        "data.image_size": 224,
+        "classifier.arch": "resnet50",
+        "classifier.pretrained": True,
+        "segment.prompt": "animal",
+        "invert.class_name": "animal",
+        "invert.initializer": "animal",
+        "models.diffusion": "stabilityai/stable-diffusion-2-inpainting",
+        "models.segmenter": "CIDAS/clipseg-rd64-refined",
+    },
+}
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """`make paper-table` / `make ablations` (commands over DVC experiments, not stages)."""
+
+    # A seed sets erm.seed, baselines.seed, dfr.seed and retrain.seed: classifier training
+    # (and, through ERM's losses, which sources DDB selects). Never the foundation models.
+    seeds: int = 3
+    datasets: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {k: dict(v) for k, v in PAPER_DATASETS.items()}
+    )
+
+    def validate(self) -> None:
+        _require(self.seeds >= 1, "report.seeds", "must be >= 1")
+        _require(len(self.datasets) >= 1, "report.datasets", "needs at least one dataset")
 
 
 @dataclass(frozen=True)
@@ -406,6 +466,7 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     foundation: FoundationConfig = field(default_factory=FoundationConfig)
     foundation_segmenter: FoundationSegmenterConfig = field(
@@ -461,7 +522,14 @@ def from_dict(cls: type, raw: Any, prefix: str) -> Any:
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, prefix=f"{key}.")
+    if hint is Any:  # free-form values (report.datasets' params overrides)
+        return value
     origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"params.yaml: '{key}' must be a mapping, got {value!r}")
+        _, value_type = typing.get_args(hint)
+        return {str(k): _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item_type,) = typing.get_args(hint)
         if not isinstance(value, list):

@@ -56,6 +56,12 @@ def placeholder_token(class_name: str) -> str:
     return f"<{class_name}>"
 
 
+def prompt_token(class_name: str, inverted: bool) -> str:
+    """What generate's {token} is for a class: the learned token, or without inversion (the
+    invert.num_images: 0 control) the class word itself."""
+    return placeholder_token(class_name) if inverted else class_name
+
+
 def inversion_prompts(token: str, class_name: str) -> list[str]:
     """Every template filled with '<token> class_name'. class_name is the common noun of the
     causal component ('bird'), never the label word ('waterbird' tokenizes as water + bird,

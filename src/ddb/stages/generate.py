@@ -5,7 +5,11 @@ of `generate.samples_per_source` seeds, the masked region is repainted by the in
 pipeline (`models.diffusion`) with the prompt "a photo of a <token i'> bird" (the learned
 tokens of `invert`, loaded with diffusers' `load_textual_inversion`), then pasted back onto
 x so that every pixel outside the mask is the source's (the VAE re-decodes the whole image;
-see models/diffusion.inpaint). The label of the new sample is the target i' (the public
+see models/diffusion.inpaint). With `invert.num_images: 0` (the no-inversion control) the
+prompt names the class word instead of a learned token. With `generate.method: copy_paste`
+(the control without diffusion) a real object of class i' (a train image's own mask, chosen
+by the image's seed) is scaled into the mask's bounding box and pasted over the masked
+region instead. The label of the new sample is the target i' (the public
 code labels it with the source class; the paper means i').
 
 Work is split into shards of `generate.shard_size` jobs, each written atomically, so an
@@ -18,7 +22,7 @@ the processes by index; plain `python -m ddb generate` runs them all in one proc
 Writes models/generate/: shards/shard_NNNNN/{NNNNNN.png, shard.csv}, fingerprint.json and
 manifest.csv (Waterbirds columns img_filename (relative to models/generate), y = i',
 split = 0, place = the source's place, for bookkeeping only; plus provenance:
-source_filename, source_y, mask_filename, seed, prompt).
+source_filename, source_y, mask_filename, seed, prompt, donor_filename (copy_paste only)).
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from tqdm import tqdm
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import groups_of, load_image, read_metadata
+from ddb.data.corpus import dilate
+from ddb.data.masks import load_mask
+from ddb.data.waterbirds import DataError, groups_of, load_image, read_metadata
 from ddb.models.diffusion import inpaint
-from ddb.models.inversion import placeholder_token
+from ddb.models.inversion import prompt_token
 from ddb.models.loaders import load_inpaint_pipeline
 from ddb.utils import atomic_path, sha256_file, write_json
 
@@ -56,6 +62,7 @@ MANIFEST_COLUMNS = [
     "mask_filename",
     "seed",
     "prompt",
+    "donor_filename",
 ]
 
 
@@ -66,7 +73,12 @@ def run(config: Config) -> None:
     out = paths.GENERATE
     segments = pd.read_csv(paths.SEGMENT / "segments.csv")
     class_names = groups_of(config.data).class_names
+    metadata = read_metadata(config.data.root, groups_of(config.data))
     jobs = plan_jobs(segments, class_names, config)
+    if config.generate.method == "copy_paste":
+        donors = choose_donors(jobs, metadata, config.data.root)
+        jobs["donor_filename"] = donors.img_filename.to_numpy()
+        jobs["donor_mask_filename"] = donors.mask_filename.to_numpy()
     fingerprint = job_fingerprint(config, jobs)
     if state.is_main_process:
         prepare_output(out, fingerprint)
@@ -85,7 +97,9 @@ def run(config: Config) -> None:
         len(mine),
     )
     if mine:
-        pipe = load_pipeline(config, class_names, state.device)
+        pipe = None
+        if config.generate.method == "diffusion":
+            pipe = load_pipeline(config, class_names, state.device)
         for k in tqdm(mine, desc="generate", unit="shard", disable=not state.is_local_main_process):
             write_shard(pipe, shards[k], shard_dir(out, k), Path(config.data.root), config)
     state.wait_for_everyone()
@@ -94,8 +108,8 @@ def run(config: Config) -> None:
             [pd.read_csv(shard_dir(out, k) / "shard.csv") for k in range(len(shards))]
             or [pd.DataFrame(columns=MANIFEST_COLUMNS)]
         )
-        metadata = read_metadata(config.data.root, groups_of(config.data)).set_index("img_filename")
-        manifest["place"] = metadata.loc[manifest.source_filename, "place"].to_numpy()
+        places = metadata.set_index("img_filename").place
+        manifest["place"] = places.loc[manifest.source_filename].to_numpy()
         with atomic_path(out / "manifest.csv") as tmp:
             manifest[MANIFEST_COLUMNS].to_csv(tmp, index=False)
         log.info("generate: wrote %d samples to %s", len(manifest), out / "manifest.csv")
@@ -112,7 +126,7 @@ def plan_jobs(segments: pd.DataFrame, class_names, config: Config) -> pd.DataFra
             if target == source.y:
                 continue
             for _ in range(cfg.samples_per_source):
-                token = placeholder_token(class_names[target])
+                token = prompt_token(class_names[target], config.invert.num_images > 0)
                 rows.append(
                     {
                         "source_filename": source.img_filename,
@@ -127,12 +141,33 @@ def plan_jobs(segments: pd.DataFrame, class_names, config: Config) -> pd.DataFra
     jobs = pd.DataFrame(
         rows, columns=["source_filename", "source_y", "y", "mask_filename", "prompt"]
     )
+    jobs["donor_filename"] = ""
     jobs["seed"] = cfg.seed * 1_000_003 + np.arange(len(jobs))
     jobs["img_filename"] = [
         f"{shard_name(i // cfg.shard_size)}/{i:06d}.png" for i in range(len(jobs))
     ]
     jobs["split"] = 0
     return jobs
+
+
+def choose_donors(jobs: pd.DataFrame, metadata: pd.DataFrame, root) -> pd.DataFrame:
+    """Copy-paste control: per job, a train image of the target class and its true mask
+    (img_filename, mask_filename), drawn with the job's own seed (so a resumed run draws
+    the same donors)."""
+    if "mask_filename" not in metadata.columns:
+        raise DataError(
+            f"{root}/metadata.csv has no mask_filename column: generate.method: copy_paste "
+            "needs the dataset's own object masks; use generate.method: diffusion"
+        )
+    train = metadata[metadata.split == 0].sort_values("img_filename")
+    pools = {y: part.reset_index(drop=True) for y, part in train.groupby("y")}
+    donors = []
+    for job in jobs.itertuples():
+        pool = pools.get(job.y)
+        if pool is None:
+            raise DataError(f"{root}: no train image of class {job.y} to copy an object from")
+        donors.append(pool.iloc[np.random.default_rng(int(job.seed)).integers(len(pool))])
+    return pd.DataFrame(donors, columns=["img_filename", "mask_filename"])
 
 
 def shard_name(k: int) -> str:
@@ -181,8 +216,9 @@ def load_pipeline(config: Config, class_names, device):
     """The inpainting pipeline with every class's learned token (fp16 on a GPU, as the paper)."""
     dtype = torch.float16 if torch.device(device).type == "cuda" else None
     pipe = load_inpaint_pipeline(config.models.diffusion, device, dtype)
-    for name in class_names:
-        pipe.load_textual_inversion(str(paths.INVERT / name / "learned_embeds.safetensors"))
+    if config.invert.num_images > 0:  # else the no-inversion control: class words
+        for name in class_names:
+            pipe.load_textual_inversion(str(paths.INVERT / name / "learned_embeds.safetensors"))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -195,13 +231,54 @@ def write_shard(pipe, jobs: pd.DataFrame, target: Path, root: Path, config: Conf
         for start in range(0, len(jobs), cfg.batch_size):
             batch = jobs.iloc[start : start + cfg.batch_size]
             images = [np.asarray(load_image(root / f)) for f in batch.source_filename]
-            masks = [np.asarray(Image.open(paths.SEGMENT / f)) > 0 for f in batch.mask_filename]
-            generated = generate_batch(
-                pipe, images, masks, list(batch.prompt), list(batch.seed), cfg
-            )
+            masks = [load_mask(paths.SEGMENT / f) for f in batch.mask_filename]
+            if cfg.method == "copy_paste":
+                donors = [np.asarray(load_image(root / f)) for f in batch.donor_filename]
+                donor_masks = [load_mask(root / f) for f in batch.donor_mask_filename]
+                generated = list(map(copy_paste, images, masks, donors, donor_masks))
+            else:
+                generated = generate_batch(
+                    pipe, images, masks, list(batch.prompt), list(batch.seed), cfg
+                )
             for name, image in zip(batch.img_filename, generated):
                 Image.fromarray(image).save(tmp / Path(name).name)
         jobs.to_csv(tmp / "shard.csv", index=False)
+
+
+def copy_paste(
+    source: np.ndarray, mask: np.ndarray, donor: np.ndarray, donor_mask: np.ndarray
+) -> np.ndarray:
+    """The copy-paste control: no diffusion. The masked region is filled with the mean colour
+    of the source just outside it, then the donor's object (cropped to its mask, scaled to
+    fit the mask's bounding box, centred) is pasted where it overlaps the mask. Pixels
+    outside the mask stay the source's, as with diffusion."""
+    out = source.copy()
+    if not mask.any() or not donor_mask.any():
+        return out
+    ring = dilate(mask, 3) & ~mask
+    out[mask] = source[ring if ring.any() else ~mask].mean(0).round().astype(source.dtype)
+    (y0, y1), (x0, x1) = _extent(mask)
+    (dy0, dy1), (dx0, dx1) = _extent(donor_mask)
+    crop, crop_mask = donor[dy0:dy1, dx0:dx1], donor_mask[dy0:dy1, dx0:dx1]
+    scale = min((y1 - y0) / crop.shape[0], (x1 - x0) / crop.shape[1])
+    h = max(1, round(crop.shape[0] * scale))
+    w = max(1, round(crop.shape[1] * scale))
+    crop = np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR))
+    crop_mask = np.asarray(Image.fromarray(crop_mask).resize((w, h), Image.NEAREST))
+    top, left = y0 + (y1 - y0 - h) // 2, x0 + (x1 - x0 - w) // 2
+    paste = np.zeros_like(mask)
+    paste[top : top + h, left : left + w] = crop_mask
+    paste &= mask
+    placed = np.zeros_like(source)
+    placed[top : top + h, left : left + w] = crop
+    out[paste] = placed[paste]
+    return out
+
+
+def _extent(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(row start, stop), (column start, stop) of the mask's bounding box."""
+    ys, xs = np.nonzero(mask)
+    return (int(ys.min()), int(ys.max()) + 1), (int(xs.min()), int(xs.max()) + 1)
 
 
 def generate_batch(pipe, images, masks, prompts, seeds, cfg) -> list[np.ndarray]:

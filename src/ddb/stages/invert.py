@@ -10,6 +10,9 @@ context (an image without a detection is given whole). Output: per class,
 models/invert/<class>/learned_embeds.safetensors in the diffusers format
 (`pipe.load_textual_inversion(path)` loads it into any Stable Diffusion pipeline), and
 summary.json with the inversion loss before and after training.
+
+`invert.num_images: 0` is the no-inversion control: nothing is trained, and generate's
+prompts name the class word itself ("a photo of a waterbird bird").
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from ddb import paths
 from ddb.config import Config
+from ddb.data.masks import load_mask
 from ddb.data.waterbirds import groups_of, load_image
 from ddb.models.inversion import (
     placeholder_token,
+    prompt_token,
     save_learned_embeds,
     train_textual_inversion,
 )
@@ -46,6 +50,9 @@ def run(config: Config) -> None:
     with atomic_path(paths.INVERT) as out:
         out.mkdir()
         for c, name in enumerate(groups_of(config.data).class_names):
+            if cfg.num_images == 0:
+                summary[name] = {"token": prompt_token(name, inverted=False), "images": 0}
+                continue
             rows = segments[(segments.y == c) & (segments.role == "inversion")]
             if rows.empty:  # invert.num_images >= 1, so select found no image beyond the sources
                 raise ValueError(
@@ -88,4 +95,4 @@ def inversion_mask(row, shape) -> np.ndarray:
     """The segment mask of an inversion image; the whole image where nothing was detected."""
     if not row.detected:
         return np.ones(shape, bool)
-    return np.asarray(Image.open(paths.SEGMENT / row.mask_filename)) > 0
+    return load_mask(paths.SEGMENT / row.mask_filename)

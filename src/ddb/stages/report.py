@@ -73,10 +73,15 @@ def ddb_stages_markdown(summaries: dict) -> str:
     lines = ["", "## What each DDB stage achieved", ""]
     if "select" in summaries:
         for name, s in summaries["select"].items():
+            inversion = (
+                f"{s['inversion_images']} inversion images (ERM loss >= "
+                f"{s['min_inversion_loss']:.3g})"
+                if s["inversion_images"]
+                else "no inversion images"
+            )
             lines.append(
                 f"- **select** ({name}): {s['sources']} sources (ERM loss <= "
-                f"{s['max_source_loss']:.3g}, Psi = {s['psi']:.3f}), {s['inversion_images']} "
-                f"inversion images (ERM loss >= {s['min_inversion_loss']:.3g})."
+                f"{s['max_source_loss']:.3g}, Psi = {s['psi']:.3f}), {inversion}."
             )
     if "segment" in summaries:
         s = summaries["segment"]
@@ -86,6 +91,9 @@ def ddb_stages_markdown(summaries: dict) -> str:
             f"({s['skipped_sources']} sources skipped), mean mask area {s['mean_area']:.3f}{iou}."
         )
     for s in summaries.get("invert", {}).values():
+        if not s["images"]:
+            lines.append(f"- **invert**: none (the control); prompts name '{s['token']}'.")
+            continue
         lines.append(
             f"- **invert** ({s['token']}): inversion loss {s['initial_loss']:.4f} -> "
             f"{s['final_loss']:.4f} on {s['images']} images ({s['seconds']:.0f} s)."

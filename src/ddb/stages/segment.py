@@ -4,7 +4,8 @@ The language segmenter is CLIPSeg (`models.segmenter`: the small offline one, or
 `CIDAS/clipseg-rd64-refined`) where the paper uses LangSAM. Every selected image (sources and
 inversion images) is segmented at its own size; the mask is the thresholded probability,
 grown by `segment.dilate` px, and with `segment.mask_shape: box` replaced by its bounding
-box (an outline carries the source's shape into the new image; a box does not). A mask
+box (an outline carries the source's shape into the new image; a box does not). With
+`segment.source: truth` (a control) the dataset's own masks replace the segmenter's. A mask
 covering less than `segment.min_area` of the image is "no detection": generate skips that
 source and the count is reported. Where the dataset has ground-truth masks (a
 `mask_filename` column, as the embedded benchmark has), the IoU of the thresholded mask
@@ -21,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from ddb import paths
 from ddb.config import Config, SegmentConfig
 from ddb.data.corpus import bounding_box, dilate
-from ddb.data.waterbirds import groups_of, load_image, read_metadata
+from ddb.data.masks import load_mask, save_mask
+from ddb.data.waterbirds import DataError, groups_of, load_image, read_metadata
 from ddb.models.loaders import load_segmenter
 from ddb.models.segmenter import mask_iou, segment
 from ddb.training import resolve_device
@@ -40,9 +41,12 @@ def run(config: Config) -> None:
     root = Path(config.data.root)
     selected = pd.read_csv(paths.SELECT / "selected.csv")
     metadata = read_metadata(root, groups_of(config.data)).set_index("img_filename")
-    images = [np.asarray(load_image(root / name)) for name in selected.img_filename]
-    processor, model = load_segmenter(config.models.segmenter, resolve_device("auto"))
-    raw = segment_images(processor, model, images, cfg.prompt, cfg.threshold, cfg.batch_size)
+    if cfg.source == "truth":
+        raw = true_masks(root, metadata, selected.img_filename)
+    else:
+        images = [np.asarray(load_image(root / name)) for name in selected.img_filename]
+        processor, model = load_segmenter(config.models.segmenter, resolve_device("auto"))
+        raw = segment_images(processor, model, images, cfg.prompt, cfg.threshold, cfg.batch_size)
     table = selected.copy()
     table["mask_filename"] = [f"masks/{i:05d}.png" for i in range(len(table))]
     table["area"] = [float(m.mean()) for m in raw]
@@ -52,7 +56,7 @@ def run(config: Config) -> None:
         (out / "masks").mkdir(parents=True)
         for name, mask, detected in zip(table.mask_filename, raw, table.detected):
             final = shape_mask(mask, cfg) if detected else np.zeros_like(mask)
-            Image.fromarray(final.astype(np.uint8) * 255).save(out / name)
+            save_mask(final, out / name)
         table.to_csv(out / "segments.csv", index=False)
         summary = segment_summary(table)
         write_json(out / "summary.json", summary)
@@ -74,6 +78,16 @@ def segment_images(processor, model, images: list[np.ndarray], prompt, threshold
     return masks
 
 
+def true_masks(root: Path, metadata: pd.DataFrame, filenames) -> list[np.ndarray]:
+    """The dataset's own masks (its `mask_filename` column), for the ground-truth control."""
+    if "mask_filename" not in metadata.columns:
+        raise DataError(
+            f"{root}/metadata.csv has no mask_filename column, so segment.source: truth has no "
+            "masks to read; use segment.source: clipseg"
+        )
+    return [load_mask(root / metadata.at[name, "mask_filename"]) for name in filenames]
+
+
 def shape_mask(mask: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
     """The region generate repaints: the dilated outline, or its bounding box."""
     grown = dilate(mask, cfg.dilate)
@@ -86,7 +100,7 @@ def ground_truth_iou(root: Path, metadata: pd.DataFrame, filenames, masks) -> li
         return [float("nan")] * len(masks)
     ious = []
     for name, mask in zip(filenames, masks):
-        truth = np.asarray(Image.open(root / metadata.at[name, "mask_filename"])) > 0
+        truth = load_mask(root / metadata.at[name, "mask_filename"])
         ious.append(mask_iou(mask, truth) if truth.shape == mask.shape else float("nan"))
     return ious
 
