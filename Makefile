@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast lint bench sources clean-venv
+.PHONY: setup repro test test-fast lint bench sources paper-table ablations clean-venv
 
 setup: $(STAMP)
 	@bash scripts/install-debs.sh
@@ -34,6 +34,13 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/time_pipeline.py
+
+# Commands over DVC experiments (queued, run one at a time in temporary copies of the repo).
+paper-table: setup
+	$(BIN)/ddb paper-table
+
+ablations: setup
+	$(BIN)/ddb ablations
 
 sources: $(STAMP)
 	$(BIN)/ddb sources

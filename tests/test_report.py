@@ -1,4 +1,4 @@
-from ddb.stages.report import results_markdown, results_table
+from ddb.stages.report import ordering_markdown, results_markdown, results_table
 
 
 def _metrics(wga):
@@ -32,3 +32,19 @@ def test_table_has_a_row_per_method_in_percent_with_intervals():
 def test_report_explains_both_means():
     text = results_markdown({"erm": _metrics(0.7)}, 0.95, {"landbird_land": 300})
     assert "plain accuracy" in text and "train* group" in text
+
+
+def test_ordering_ranks_by_wga_and_says_where_ddb_stands():
+    metrics = {
+        "erm": _metrics(0.25),
+        "group_balanced": _metrics(0.77),
+        "jtt": _metrics(0.64),
+        "dfr": _metrics(0.50),
+        "ddb": _metrics(0.60),
+    }
+    text = ordering_markdown(metrics, "### Why\n\nBecause.")
+    assert "Group-balanced ERM (oracle)† 77.0 > JTT 64.0 > DDB 60.0 > DFR 50.0 > ERM 25.0" in text
+    assert "against ERM: +35.0 points (the intervals do not overlap)" in text
+    assert "without train group labels (JTT): -4.0 points (the intervals overlap)" in text
+    assert "with train group labels (Group-balanced ERM (oracle)): -17.0 points" in text
+    assert "### Why\n\nBecause." in text

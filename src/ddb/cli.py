@@ -45,6 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         "sources", help="record the benchmark's source photographs (data/sources.json)"
     )
     commands.add_parser("check", help="validate params.yaml and the dataset, then exit")
+    for name, help_text in (
+        ("paper-table", "run every method x dataset x seed as DVC experiments; write the table"),
+        ("ablations", "run the controls as DVC experiments; write reports/ablations.md"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument(
+            "--collect-only",
+            action="store_true",
+            help="run nothing: rebuild the report from the experiments DVC already has",
+        )
+    commands.choices["ablations"].add_argument(
+        "--only", nargs="+", metavar="NAME", help="run only these controls (default: all)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -64,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
 
             load_dataset(config.data, check=True)
             print("params and data are valid")
+            return 0
+        if args.command == "paper-table":
+            from ddb.experiments import paper_table
+
+            print(paper_table(config, collect_only=args.collect_only))
+            return 0
+        if args.command == "ablations":
+            from ddb.experiments import ablations
+
+            print(ablations(config, args.collect_only, args.only))
             return 0
         module, function = ENTRY_POINTS.get(args.command, (args.command, "run"))
         getattr(importlib.import_module(f"ddb.stages.{module}"), function)(config)

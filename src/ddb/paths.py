@@ -23,6 +23,7 @@ PREDICTIONS = MODELS / "evaluate"
 REPORTS = Path("reports")
 FIGURES = REPORTS / "figures"
 METRICS = REPORTS / "metrics.json"
+DISCUSSION = REPORTS / "discussion.md"  # written by hand; report includes it in results.md
 
 
 def model_dir(method: str) -> Path:

@@ -1,6 +1,7 @@
 """report: reports/results.md (one row per method) and its figures.
 
-Reads reports/metrics.json and the per-epoch histories of the training stages; writes
+Reads reports/metrics.json, the per-epoch histories of the training stages and the written
+discussion reports/discussion.md (by hand: why the methods order as they do); writes
 reports/results.md, reports/figures/group_accuracy.png and
 reports/figures/learning_curves.png.
 """
@@ -48,7 +49,11 @@ def run(config: Config) -> None:
     }
     sizes = {name: n for name, n in sizes.items() if n}
     text = results_markdown(metrics, config.evaluate.confidence, sizes)
-    write_text(paths.REPORTS / "results.md", text + ddb_stages_markdown(read_ddb_summaries()))
+    discussion = paths.DISCUSSION.read_text() if paths.DISCUSSION.is_file() else ""
+    write_text(
+        paths.REPORTS / "results.md",
+        text + ordering_markdown(metrics, discussion) + ddb_stages_markdown(read_ddb_summaries()),
+    )
     plot_group_accuracy(metrics, paths.FIGURES / "group_accuracy.png")
     plot_learning_curves(histories, paths.FIGURES / "learning_curves.png")
     log.info("wrote %s", paths.REPORTS / "results.md")
@@ -241,3 +246,58 @@ def _save(fig, out: Path) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def ordering_markdown(metrics: dict, discussion: str) -> str:
+    """Methods ranked by test WGA, where DDB stands against the others, and the written
+    discussion (reports/discussion.md: why, from the controls in reports/ablations.md)."""
+    test = {method: by_split["test"] for method, by_split in metrics.items()}
+    ranked = sorted(test, key=lambda m: -test[m]["wga"])
+    name = {m: METHODS.get(m, (m, "?"))[0] for m in test}
+    uses_train_groups = {m for m in test if METHODS.get(m, ("", "?"))[1] == "yes"}
+    lines = ["", "## Ordering", ""]
+    lines.append(
+        "By test WGA (†: uses train group labels): "
+        + " > ".join(
+            f"{name[m]}{'†' if m in uses_train_groups else ''} {100 * test[m]['wga']:.1f}"
+            for m in ranked
+        )
+        + "."
+    )
+    if "ddb" in test:
+        others = {
+            "ERM": ["erm"],
+            "the best method without train group labels": [
+                m
+                for m in test
+                if m not in uses_train_groups and m not in ("erm", "ddb", "ddb_no_prune")
+            ],
+            "the best method with train group labels": sorted(uses_train_groups),
+        }
+        lines.append("")
+        for label, candidates in others.items():
+            candidates = [m for m in candidates if m in test]
+            if not candidates:
+                continue
+            best = max(candidates, key=lambda m: test[m]["wga"])
+            diff = 100 * (test["ddb"]["wga"] - test[best]["wga"])
+            apart = _intervals_apart(test["ddb"]["ci"]["wga"], test[best]["ci"]["wga"])
+            which = label if label == name[best] else f"{label} ({name[best]})"
+            lines.append(
+                f"- DDB against {which}: {diff:+.1f} points "
+                f"({'the intervals do not overlap' if apart else 'the intervals overlap'})."
+            )
+    if discussion.strip():
+        lines += ["", discussion.strip()]
+    lines += [
+        "",
+        "The controls (copy-paste, no inversion, true masks, prune variants) are in "
+        "[ablations.md](ablations.md); the multi-seed table in "
+        "[paper_table.md](paper_table.md).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _intervals_apart(a: list[float], b: list[float]) -> bool:
+    return a[1] < b[0] or b[1] < a[0]

@@ -1,0 +1,434 @@
+"""`make paper-table` and `make ablations`: many pipeline runs as DVC experiments.
+
+Commands, not stages: each run is a `dvc exp run --queue -n <name> -S key=value ...`
+experiment, the queue runs one at a time (`dvc exp run --run-all -j 1`, in temporary copies
+of the repository, so the workspace is untouched and stages whose inputs did not change are
+restored from DVC's run cache), and the tables are built from `dvc exp show --json`.
+
+- paper table: every dataset of `report.datasets` x `report.seeds` seeds. A seed s sets
+  SEED_KEYS = s (classifier training: ERM, the baselines, DFR, DDB's retrain; through ERM's
+  losses also which sources DDB selects). The foundation models are never retrained.
+  A dataset whose data or checkpoints are missing is not run; its column says what is
+  missing. Writes reports/paper_table.md and reports/figures/paper_table.png.
+- ablations: the controls of ABLATIONS on the default params (one seed). Writes
+  reports/ablations.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddb import paths
+from ddb.config import Config
+
+log = logging.getLogger(__name__)
+
+SEED_KEYS = ("erm.seed", "baselines.seed", "dfr.seed", "retrain.seed")
+
+# name -> (what it tests, params overrides). "ddb" is the default params, the reference row.
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddb": ("DDB, default params (inversion, CLIPSeg masks, diffusion, both prune tests)", {}),
+    "copy-paste": (
+        "copy-paste: a real object of the target class (its true mask), no diffusion",
+        {"generate.method": "copy_paste"},
+    ),
+    "no-inversion": (
+        "no inversion (0 inversion images): class-word prompts",
+        {"invert.num_images": 0},
+    ),
+    "true-masks": ("ground-truth masks instead of CLIPSeg's", {"segment.source": "truth"}),
+    "prune-none": ("prune: none", {"prune.psi": False, "prune.attribution": False}),
+    "prune-probability": ("prune: probability (Psi) only", {"prune.attribution": False}),
+    "prune-attribution": ("prune: attribution only", {"prune.psi": False}),
+    "prune-paired": (
+        "prune: paired probability only (delta below the source's)",
+        {"prune.psi": False, "prune.paired": True, "prune.attribution": False},
+    ),
+    "inversion-10": ("10 inversion images per class", {"invert.num_images": 10}),
+    "inversion-20": ("20 inversion images per class", {"invert.num_images": 20}),
+    "inversion-40": ("40 inversion images per class", {"invert.num_images": 40}),
+    "box-masks": ("box masks (the mask's bounding box)", {"segment.mask_shape": "box"}),
+}
+
+# Published test WGA (%), ../shared/docs/method.md; None: not published.
+DATASET_TITLES = {
+    "embedded": "embedded benchmark",
+    "waterbirds": "Waterbirds",
+    "celeba": "CelebA",
+    "metashift": "MetaShift",
+}
+PUBLISHED_WGA = {
+    "erm": {"waterbirds": 74.6, "celeba": 42.2, "metashift": 67.0},
+    "jtt": {"waterbirds": 86.7, "celeba": 81.1, "metashift": 64.6},
+    "group_dro": {"waterbirds": 91.4, "celeba": 88.9},
+    "dfr": {"waterbirds": 92.9, "celeba": 88.3, "metashift": 72.8},
+    "ddb_no_prune": {"waterbirds": 91.28, "celeba": 81.7, "metashift": 80.6},
+    "ddb": {"waterbirds": 93.0, "celeba": 85.8, "metashift": 81.2},
+}
+
+
+# ---- what runs ---------------------------------------------------------------------------
+
+
+def seed_overrides(seed: int) -> dict[str, Any]:
+    return {key: seed for key in SEED_KEYS}
+
+
+def paper_runs(
+    datasets: dict[str, dict[str, Any]], seeds: int
+) -> dict[str, tuple[str, int, dict[str, Any]]]:
+    """Experiment name -> (dataset, seed, overrides) for each dataset and seed."""
+    runs = {}
+    for dataset, overrides in datasets.items():
+        for seed in range(seeds):
+            runs[f"{dataset}-seed{seed}"] = (dataset, seed, {**overrides, **seed_overrides(seed)})
+    return runs
+
+
+def missing_requirements(config: Config, overrides: dict[str, Any]) -> list[str]:
+    """What a dataset's runs need and this machine lacks (empty: it can run)."""
+    missing = []
+    root = Path(str(overrides.get("data.root", config.data.root)))
+    if not (root / "metadata.csv").is_file() and root != paths.PREPARED:
+        missing.append(f"{root}/metadata.csv")  # the embedded benchmark is built by prepare
+    for key in ("models.diffusion", "models.segmenter"):
+        name = str(overrides.get(key, getattr(config.models, key.split(".")[1])))
+        if not Path(name).exists() and not in_hub_cache(name):
+            missing.append(f"{name} (not in the Hugging Face cache)")
+    if overrides.get("classifier.pretrained", config.classifier.pretrained):
+        import torch
+        import torchvision
+
+        arch = str(overrides.get("classifier.arch", config.classifier.arch))
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not cached.is_file():
+            missing.append(f"ImageNet {arch} weights ({cached})")
+    return missing
+
+
+def in_hub_cache(hub_id: str) -> bool:
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(hub_id, local_files_only=True)
+    except Exception:  # not cached, or not a hub id at all
+        return False
+    return True
+
+
+def override_args(overrides: dict[str, Any]) -> list[str]:
+    """`-S key=value` arguments; values in YAML flow style, which DVC's parser reads."""
+    args = []
+    for key, value in overrides.items():
+        text = json.dumps(value) if isinstance(value, bool | list) else str(value)
+        args += ["-S", f"{key}={text.replace(' ', '')}"]
+    return args
+
+
+def run_queue(runs: dict[str, dict[str, Any]]) -> None:
+    """Queue each run under its name (replacing an older one of that name), run them all."""
+    for name, overrides in runs.items():
+        subprocess.run(["dvc", "exp", "remove", name], capture_output=True)
+        cmd = ["dvc", "exp", "run", "--queue", "-n", name, *override_args(overrides)]
+        log.info("queue: %s", " ".join(cmd))
+        subprocess.run(cmd, check=True)
+    subprocess.run(["dvc", "exp", "run", "--run-all", "-j", "1"], check=True)
+
+
+# ---- reading the results -----------------------------------------------------------------
+
+
+def experiments_by_name(show: list[dict]) -> dict[str, dict]:
+    """The newest experiment of each name in `dvc exp show --json` output -> its data
+    ({"params": ..., "metrics": ...}). Experiments that failed have no metrics."""
+    found: dict[str, dict] = {}
+
+    def visit(node):
+        if isinstance(node, dict):
+            name, data = node.get("name"), node.get("data")
+            if name and isinstance(data, dict) and "params" in data:
+                older = found.get(name)
+                if older is None or (data.get("timestamp") or "") > (older.get("timestamp") or ""):
+                    found[name] = data
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(show)
+    return found
+
+
+def metrics_file(data: dict, name: str) -> dict | None:
+    entry = (data.get("metrics") or {}).get(name) or {}
+    return entry.get("data")
+
+
+def exp_show() -> list[dict]:
+    out = subprocess.run(
+        ["dvc", "exp", "show", "--json", "--all-commits"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)
+
+
+def collect_paper_results(
+    experiments: dict[str, dict], runs: dict[str, tuple[str, int, dict]]
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """dataset -> method -> {"wga", "mean_acc", "adjusted_mean_acc"} -> one value per seed (%)."""
+    results: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for name, (dataset, _seed, _overrides) in runs.items():
+        metrics = metrics_file(experiments.get(name, {}), "reports/metrics.json")
+        if not metrics:
+            log.warning("experiment %s has no metrics (failed or not run); left out", name)
+            continue
+        for method, by_split in metrics.items():
+            cell = results.setdefault(dataset, {}).setdefault(method, {})
+            for key in ("wga", "mean_acc", "adjusted_mean_acc"):
+                cell.setdefault(key, []).append(100 * by_split["test"][key])
+    return results
+
+
+# ---- tables and figure -------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.1f} ± {std:.1f}"
+
+
+def _method_order(results: dict) -> list[str]:
+    from ddb.stages.report import METHODS
+
+    present = {m for by_method in results.values() for m in by_method}
+    return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+
+
+def paper_table_markdown(
+    results: dict, missing: dict[str, list[str]], datasets: list[str], seeds: int
+) -> str:
+    """Rows = methods, columns = datasets (measured mean ± std over seeds, then the paper's)."""
+    from ddb.stages.report import METHODS
+
+    methods = _method_order(results) or list(METHODS)
+    header = ["method", "groups train/val"]
+    for d in datasets:
+        header.append(f"{DATASET_TITLES.get(d, d)} (ours)")
+        if any(d in p for p in PUBLISHED_WGA.values()):
+            header.append(f"{DATASET_TITLES.get(d, d)} (paper)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        name, train_groups, val_groups = METHODS.get(method, (method, "?", "?"))
+        cells = [name, f"{train_groups} / {val_groups}"]
+        for d in datasets:
+            if d in missing:
+                cells.append(f"not run: {', '.join(missing[d])}, see README")
+            else:
+                cells.append(mean_std(results.get(d, {}).get(method, {}).get("wga", [])))
+            if any(d in p for p in PUBLISHED_WGA.values()):
+                published = PUBLISHED_WGA.get(method, {}).get(d)
+                cells.append("–" if published is None else f"{published:g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    wga = "\n".join(lines)
+
+    mean_header = ["method", *(DATASET_TITLES.get(d, d) for d in datasets)]
+    mean_lines = ["| " + " | ".join(mean_header) + " |", "|" + "---|" * len(mean_header)]
+    for method in methods:
+        cells = [METHODS.get(method, (method,))[0]]
+        for d in datasets:
+            cell = results.get(d, {}).get(method)
+            if d in missing or not cell:
+                cells.append("not run" if d in missing else "–")
+            else:
+                cells.append(
+                    f"{mean_std(cell['mean_acc'])} / {mean_std(cell['adjusted_mean_acc'])}"
+                )
+        mean_lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(
+        [
+            "# Paper table",
+            "",
+            "Regenerate with `make paper-table` (README). Test worst-group accuracy (%), mean "
+            f"± std over {seeds} seeds; a seed sets {', '.join(SEED_KEYS)} (classifier "
+            "training, and through ERM's losses DDB's sources; the foundation models are never "
+            "retrained). The paper's figures (Waterbirds, CelebA, MetaShift) are beside ours; "
+            "the embedded benchmark has none. The groups column says which group labels a "
+            "method uses, in train / in val.",
+            "",
+            wga,
+            "",
+            "## Mean accuracy",
+            "",
+            "Test accuracy (%), mean ± std over seeds, as **plain mean / adjusted mean** "
+            "(adjusted: per-group accuracy weighted by the train group sizes).",
+            "",
+            "\n".join(mean_lines),
+            "",
+            "![test WGA per method](figures/paper_table.png)",
+            "",
+        ]
+    )
+
+
+def plot_paper_table(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ddb.stages.report import METHODS
+    from ddb.utils import atomic_path
+
+    datasets = [d for d in results if results[d]]
+    methods = _method_order(results)
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4 + 3 * len(datasets), 3.6))
+    axes = np.atleast_1d(axes)
+    for ax, dataset in zip(axes, datasets):
+        values = [results[dataset].get(m, {}).get("wga", []) for m in methods]
+        means = [np.mean(v) if v else 0 for v in values]
+        stds = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
+        x = np.arange(len(methods))
+        ax.bar(x, means, yerr=stds, capsize=3, color="tab:blue", label="ours (mean ± std)")
+        published = [PUBLISHED_WGA.get(m, {}).get(dataset) for m in methods]
+        if any(p is not None for p in published):
+            px = [i for i, p in enumerate(published) if p is not None]
+            ax.plot(px, [published[i] for i in px], "k_", ms=14, mew=2, label="paper")
+        ax.set_xticks(x, [METHODS.get(m, (m,))[0] for m in methods], rotation=40, ha="right")
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("test WGA (%)")
+        n = max((len(v) for v in values), default=0)
+        ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)} ({n} seeds)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def ablations_markdown(experiments: dict[str, dict]) -> str:
+    """One row per control: DDB's test/val WGA, without pruning, and what prune kept."""
+    header = [
+        "control",
+        "params",
+        "DDB test WGA",
+        "DDB val WGA",
+        "DDB mean acc",
+        "without pruning: test WGA",
+        "generated",
+        "kept",
+        "independent classifier agrees (all / kept)",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    reference = None
+    for key, (what, overrides) in ABLATIONS.items():
+        data = experiments.get(f"ablation-{key}", {})
+        metrics = metrics_file(data, "reports/metrics.json")
+        prune = metrics_file(data, "reports/prune.json") or {}
+        params = ", ".join(f"`{k}={v}`" for k, v in overrides.items()) or "defaults"
+        if not metrics:
+            lines.append(f"| {what} | {params} | not run |" + " |" * (len(header) - 3))
+            continue
+        reference = reference or (metrics if key == "ddb" else None)
+        ddb, no_prune = metrics["ddb"], metrics["ddb_no_prune"]
+        agree = []
+        for target in (prune.get("per_target") or {}).values():
+            a, k = target.get("independent_acc_all"), target.get("independent_acc_kept")
+            agree.append(
+                f"{_pct(a)} / {_pct(k)}" if a is not None else "n/a",
+            )
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    what,
+                    params,
+                    f"{100 * ddb['test']['wga']:.1f} [{100 * ddb['test']['ci']['wga'][0]:.1f}, "
+                    f"{100 * ddb['test']['ci']['wga'][1]:.1f}]",
+                    f"{100 * ddb['val']['wga']:.1f}",
+                    f"{100 * ddb['test']['mean_acc']:.1f}",
+                    f"{100 * no_prune['test']['wga']:.1f}",
+                    str(prune.get("generated", "?")),
+                    str(prune.get("kept", "?")),
+                    "; ".join(agree) or "n/a",
+                ]
+            )
+            + " |"
+        )
+    from ddb.stages.report import METHODS
+
+    refs = ""
+    if reference:
+        refs = ", ".join(
+            f"{METHODS[name][0]} {100 * reference[name]['test']['wga']:.1f}"
+            for name in ("erm", "group_balanced", "jtt", "dfr")
+            if name in reference
+        )
+        refs = f"References from the default run (test WGA): {refs}."
+    return "\n".join(
+        [
+            "# Ablations and controls",
+            "",
+            "Regenerate with `make ablations` (README). Each row is one DVC experiment "
+            "(`dvc exp show` lists them as `ablation-<name>`) on the embedded benchmark, seed "
+            "0, with the params shown changed from params.yaml. Test and val WGA (%) of the "
+            "retrained DDB model, the 95% bootstrap interval in brackets; 'without pruning' "
+            "is the same run's retrain on every generated sample; the independent classifier "
+            "(the group-balanced baseline, never used by DDB) says whether each target "
+            "class's samples look like that class, over all samples / the kept ones.",
+            "",
+            "\n".join(lines),
+            "",
+            refs,
+            "",
+        ]
+    )
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+# ---- the two commands ----------------------------------------------------------------------
+
+
+def paper_table(config: Config, collect_only: bool = False) -> str:
+    from ddb.utils import write_text
+
+    datasets = config.report.datasets
+    missing = {d: m for d, o in datasets.items() if (m := missing_requirements(config, o))}
+    for dataset, what in missing.items():
+        log.warning("%s: not run, missing %s", dataset, "; ".join(what))
+    runs = paper_runs({d: o for d, o in datasets.items() if d not in missing}, config.report.seeds)
+    if not collect_only:
+        run_queue({name: overrides for name, (_, _, overrides) in runs.items()})
+    results = collect_paper_results(experiments_by_name(exp_show()), runs)
+    text = paper_table_markdown(results, missing, list(datasets), config.report.seeds)
+    write_text(paths.REPORTS / "paper_table.md", text)
+    plot_paper_table(results, paths.FIGURES / "paper_table.png")
+    return text
+
+
+def ablations(config: Config, collect_only: bool = False, only: list[str] | None = None) -> str:
+    from ddb.utils import write_text
+
+    names = only or list(ABLATIONS)
+    unknown = sorted(set(names) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {unknown}; known: {', '.join(ABLATIONS)}")
+    if not collect_only:
+        run_queue({f"ablation-{name}": ABLATIONS[name][1] for name in names})
+    text = ablations_markdown(experiments_by_name(exp_show()))
+    write_text(paths.REPORTS / "ablations.md", text)
+    return text

@@ -1,0 +1,152 @@
+"""The paper-table and ablation commands: queue arguments and the tables they write."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ddb import experiments
+from ddb.config import Config
+
+
+def _metrics(wga: float, mean: float = 0.9) -> dict:
+    split = {
+        "wga": wga,
+        "mean_acc": mean,
+        "adjusted_mean_acc": mean - 0.05,
+        "ci": {"wga": [wga - 0.02, wga + 0.02]},
+    }
+    return {"val": split, "test": split}
+
+
+def _exp(name: str, timestamp: str, metrics: dict | None, prune: dict | None = None) -> dict:
+    files = {}
+    if metrics is not None:
+        files["reports/metrics.json"] = {"data": metrics}
+    if prune is not None:
+        files["reports/prune.json"] = {"data": prune}
+    return {
+        "rev": name + "-rev",
+        "name": name,
+        "data": {"timestamp": timestamp, "params": {"params.yaml": {"data": {}}}, "metrics": files},
+    }
+
+
+def _show(*exps) -> list[dict]:
+    """The shape of `dvc exp show --json`: baselines with their experiments' revs."""
+    return [
+        {
+            "rev": "abc",
+            "name": "main",
+            "data": {"timestamp": "2026-11-25T00:00:00", "params": {}, "metrics": {}},
+            "experiments": [{"revs": [e], "executor": None} for e in exps],
+        }
+    ]
+
+
+def test_experiments_by_name_keeps_the_newest_of_each_name():
+    old = _exp("embedded-seed0", "2026-11-25T10:00:00", {"erm": _metrics(0.1)})
+    new = _exp("embedded-seed0", "2026-11-25T12:00:00", {"erm": _metrics(0.3)})
+    found = experiments.experiments_by_name(_show(old, new))
+    assert experiments.metrics_file(found["embedded-seed0"], "reports/metrics.json") == {
+        "erm": _metrics(0.3)
+    }
+
+
+def test_paper_table_means_stds_published_figures_and_not_run_column():
+    wgas = {"erm": [0.20, 0.30, 0.25], "ddb": [0.60, 0.70, 0.65]}
+    exps = [
+        _exp(f"embedded-seed{s}", "t", {m: _metrics(v[s]) for m, v in wgas.items()})
+        for s in range(3)
+    ]
+    runs = experiments.paper_runs({"embedded": {}}, seeds=3)
+    assert set(runs) == {"embedded-seed0", "embedded-seed1", "embedded-seed2"}
+    assert runs["embedded-seed2"][2] == dict.fromkeys(experiments.SEED_KEYS, 2)
+    results = experiments.collect_paper_results(experiments.experiments_by_name(_show(*exps)), runs)
+    assert np.allclose(results["embedded"]["ddb"]["wga"], [60, 70, 65])
+    missing = {"waterbirds": ["data/waterbird_complete95_forest2water2/metadata.csv"]}
+    text = experiments.paper_table_markdown(results, missing, ["embedded", "waterbirds"], 3)
+    wga_table = text.split("## Mean accuracy")[0]
+    rows = {line.split(" | ")[0].strip("| "): line for line in wga_table.splitlines()}
+    assert "25.0 ± 5.0" in rows["ERM"]  # std with ddof=1 over the 3 seeds
+    assert "65.0 ± 5.0" in rows["DDB"]
+    assert (
+        "not run: data/waterbird_complete95_forest2water2/metadata.csv, see README" in rows["DDB"]
+    )
+    assert "| 93 |" in rows["DDB"] and "| 74.6 |" in rows["ERM"]  # the paper's figures
+    assert "90.0 ± 0.0 / 85.0 ± 0.0" in text  # plain / adjusted mean accuracy
+
+
+def test_a_failed_seed_is_left_out_not_counted_as_zero():
+    exps = [
+        _exp("embedded-seed0", "t", {"ddb": _metrics(0.5)}),
+        _exp("embedded-seed1", "t", None),  # failed: no metrics
+    ]
+    runs = experiments.paper_runs({"embedded": {}}, seeds=2)
+    results = experiments.collect_paper_results(experiments.experiments_by_name(_show(*exps)), runs)
+    assert results["embedded"]["ddb"]["wga"] == [50.0]
+
+
+def test_override_args_are_what_dvc_set_param_parses():
+    args = experiments.override_args(
+        {"data.class_names": ["non_blond", "blond"], "classifier.pretrained": True, "erm.seed": 2}
+    )
+    assert args == [
+        "-S",
+        'data.class_names=["non_blond","blond"]',
+        "-S",
+        "classifier.pretrained=true",
+        "-S",
+        "erm.seed=2",
+    ]
+
+
+def test_missing_requirements_names_data_and_checkpoints(tmp_path):
+    config = Config()
+    missing = experiments.missing_requirements(
+        config,
+        {"data.root": str(tmp_path / "nowhere"), "models.diffusion": "no-org/no-such-model"},
+    )
+    assert f"{tmp_path / 'nowhere'}/metadata.csv" in missing
+    assert "no-org/no-such-model (not in the Hugging Face cache)" in missing
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/metadata.csv").write_text("img_filename,y,split,place\n")
+    diffusion, segmenter = tmp_path / "pipe", tmp_path / "seg"
+    diffusion.mkdir(), segmenter.mkdir()
+    assert (
+        experiments.missing_requirements(
+            config,
+            {
+                "data.root": str(tmp_path / "data"),
+                "models.diffusion": str(diffusion),
+                "models.segmenter": str(segmenter),
+            },
+        )
+        == []
+    )
+
+
+def test_ablations_table_rows_and_not_run_rows():
+    prune = {
+        "generated": 700,
+        "kept": 350,
+        "per_target": {"waterbird": {"independent_acc_all": 0.3, "independent_acc_kept": 0.7}},
+    }
+    metrics = {
+        "erm": _metrics(0.24),
+        "group_balanced": _metrics(0.77),
+        "ddb_no_prune": _metrics(0.35),
+        "ddb": _metrics(0.60),
+    }
+    exps = [
+        _exp("ablation-ddb", "t", metrics, prune),
+        _exp("ablation-copy-paste", "t", {**metrics, "ddb": _metrics(0.55)}, prune),
+    ]
+    text = experiments.ablations_markdown(experiments.experiments_by_name(_show(*exps)))
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(experiments.ABLATIONS)
+    copy_paste = next(r for r in rows if r.startswith("| copy-paste"))
+    assert "`generate.method=copy_paste`" in copy_paste
+    assert "| 55.0 [53.0, 57.0] |" in copy_paste and "| 35.0 |" in copy_paste
+    assert "| 700 | 350 | 30% / 70% |" in copy_paste
+    assert "not run" in next(r for r in rows if r.startswith("| no inversion"))
+    assert "ERM 24.0, Group-balanced ERM (oracle) 77.0." in text
