@@ -150,3 +150,11 @@ def test_ablations_table_rows_and_not_run_rows():
     assert "| 700 | 350 | 30% / 70% |" in copy_paste
     assert "not run" in next(r for r in rows if r.startswith("| no inversion"))
     assert "ERM 24.0, Group-balanced ERM (oracle) 77.0." in text
+
+
+def test_ablations_table_without_intervals_as_dvc_exp_show_gives_them():
+    split = {"wga": 0.6, "mean_acc": 0.8, "adjusted_mean_acc": 0.7}  # exp show drops lists
+    bare = {"val": split, "test": split}
+    exps = [_exp("ablation-ddb", "t", {"erm": bare, "ddb_no_prune": bare, "ddb": bare}, {})]
+    text = experiments.ablations_markdown(experiments.experiments_by_name(_show(*exps)))
+    assert "| defaults | 60.0 | 60.0 |" in text

@@ -33,6 +33,8 @@ def project(tmp_path_factory):
     shutil.copytree(REPO / "models/foundation", root / "models/foundation")
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
+    (root / "reports").mkdir()
+    shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
     (root / "params.yaml").write_text(tiny_params())
     _run("git", "init", "-q", cwd=root)
     _run("dvc", "init", "-q", cwd=root)
@@ -124,3 +126,28 @@ def test_seed_experiment_reruns_only_what_the_seed_feeds(project):
             assert 0 <= wga <= 1
             seeds.add(data["params"]["params.yaml"]["data"]["erm"]["seed"])
     assert seeds == {0, 1}  # the experiment's WGA beside the baseline's
+
+
+def test_ablations_and_paper_table_run_through_the_dvc_queue(project):
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("seeds: 3", "seeds: 2"))
+    _commit(project)
+    _run("ddb", "ablations", "--only", "prune-none", cwd=project)
+    ablations = (project / "reports/ablations.md").read_text()
+    row = next(line for line in ablations.splitlines() if line.startswith("| prune: none"))
+    assert "| 8 | 8 |" in row  # nothing pruned: every generated sample kept
+    assert "not run" in next(line for line in ablations.splitlines() if "copy-paste" in line)
+
+    table = _run("ddb", "paper-table", cwd=project)
+    assert (project / "reports/paper_table.md").read_text().strip() in table
+    wga = table.split("## Mean accuracy")[0]
+    ddb_row = next(line for line in wga.splitlines() if line.startswith("| DDB |"))
+    assert re.search(r"\| \d+\.\d ± \d+\.\d \|", ddb_row)  # measured over 2 seeds
+    assert "not run: data/waterbird_complete95_forest2water2/metadata.csv" in ddb_row
+    assert "| 93 |" in ddb_row  # the paper's Waterbirds figure beside ours
+    shown = json.loads(_run("dvc", "exp", "show", "--json", cwd=project))
+    names = {
+        e["name"] for c in shown for e in [r for x in c.get("experiments") or [] for r in x["revs"]]
+    }
+    assert {"ablation-prune-none", "embedded-seed0", "embedded-seed1"} <= names
+    assert (project / "reports/figures/paper_table.png").stat().st_size > 1000

@@ -304,43 +304,35 @@ class EvaluateConfig:
         _require(self.bootstrap >= 100, "evaluate.bootstrap", "must be >= 100")
 
 
+# The paper's setting on real data: 224 px, ImageNet ResNet-50, the real checkpoints.
+_PAPER_MODELS: dict[str, Any] = {
+    "data.image_size": 224,
+    "classifier.arch": "resnet50",
+    "classifier.pretrained": True,
+    "models.diffusion": "stabilityai/stable-diffusion-2-inpainting",
+    "models.segmenter": "CIDAS/clipseg-rd64-refined",
+}
+
+
+def _real_dataset(root: str, classes: list[str], places: list[str], part: str) -> dict[str, Any]:
+    """Overrides of a Waterbirds-format copy of a real dataset whose causal part is `part`."""
+    return {
+        "data.root": root,
+        "data.class_names": classes,
+        "data.place_names": places,
+        **_PAPER_MODELS,
+        "segment.prompt": part,
+        "invert.class_name": part,
+        "invert.initializer": part,
+    }
+
+
 # Columns of the paper table: dataset -> the params it overrides (as `dvc exp run -S`).
 PAPER_DATASETS: dict[str, dict[str, Any]] = {
     "embedded": {},
-    "waterbirds": {
-        "data.root": "data/waterbird_complete95_forest2water2",
-        "data.image_size": 224,
-        "classifier.arch": "resnet50",
-        "classifier.pretrained": True,
-        "models.diffusion": "stabilityai/stable-diffusion-2-inpainting",
-        "models.segmenter": "CIDAS/clipseg-rd64-refined",
-    },
-    "celeba": {
-        "data.root": "data/celeba",
-        "data.class_names": ["non_blond", "blond"],
-        "data.place_names": ["female", "male"],
-        "data.image_size": 224,
-        "classifier.arch": "resnet50",
-        "classifier.pretrained": True,
-        "segment.prompt": "hair",
-        "invert.class_name": "hair",
-        "invert.initializer": "hair",
-        "models.diffusion": "stabilityai/stable-diffusion-2-inpainting",
-        "models.segmenter": "CIDAS/clipseg-rd64-refined",
-    },
-    "metashift": {
-        "data.root": "data/metashift",
-        "data.class_names": ["cat", "dog"],
-        "data.place_names": ["indoor", "outdoor"],
-        "data.image_size": 224,
-        "classifier.arch": "resnet50",
-        "classifier.pretrained": True,
-        "segment.prompt": "animal",
-        "invert.class_name": "animal",
-        "invert.initializer": "animal",
-        "models.diffusion": "stabilityai/stable-diffusion-2-inpainting",
-        "models.segmenter": "CIDAS/clipseg-rd64-refined",
-    },
+    "waterbirds": {"data.root": "data/waterbird_complete95_forest2water2", **_PAPER_MODELS},
+    "celeba": _real_dataset("data/celeba", ["non_blond", "blond"], ["female", "male"], "hair"),
+    "metashift": _real_dataset("data/metashift", ["cat", "dog"], ["indoor", "outdoor"], "animal"),
 }
 
 
