@@ -247,12 +247,12 @@ def paper_table_markdown(
         if any(d in p for p in PUBLISHED_WGA.values()):
             header.append(f"{DATASET_TITLES.get(d, d)} (paper)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in methods:
+    for row, method in enumerate(methods):
         name, train_groups, val_groups = METHODS.get(method, (method, "?", "?"))
         cells = [name, f"{train_groups} / {val_groups}"]
         for d in datasets:
-            if d in missing:
-                cells.append(f"not run: {', '.join(missing[d])}, see README")
+            if d in missing:  # what is missing, once per column
+                cells.append(f"not run: {'; '.join(missing[d])}, see README" if row == 0 else "〃")
             else:
                 cells.append(mean_std(results.get(d, {}).get(method, {}).get("wga", [])))
             if any(d in p for p in PUBLISHED_WGA.values()):
