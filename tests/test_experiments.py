@@ -31,16 +31,25 @@ def _exp(name: str, timestamp: str, metrics: dict | None, prune: dict | None = N
     }
 
 
-def _show(*exps) -> list[dict]:
+def _show(*exps, state: str = "success") -> list[dict]:
     """The shape of `dvc exp show --json`: baselines with their experiments' revs."""
     return [
         {
             "rev": "abc",
             "name": "main",
             "data": {"timestamp": "2026-11-25T00:00:00", "params": {}, "metrics": {}},
-            "experiments": [{"revs": [e], "executor": None} for e in exps],
+            "experiments": [
+                {"name": e["name"], "revs": [e], "executor": {"state": state}} for e in exps
+            ],
         }
     ]
+
+
+def test_running_queued_and_failed_experiments_are_not_results():
+    # a running experiment shows its baseline's metrics: they must not count as its own
+    for state in ("running", "queued", "failed"):
+        exp = _exp("ablation-no-inversion", "t", {"ddb": _metrics(0.6)})
+        assert experiments.experiments_by_name(_show(exp, state=state)) == {}
 
 
 def test_experiments_by_name_keeps_the_newest_of_each_name():
@@ -148,7 +157,7 @@ def test_ablations_table_rows_and_not_run_rows():
     copy_paste = next(r for r in rows if r.startswith("| copy-paste"))
     assert "`generate.method=copy_paste`" in copy_paste
     assert "| 55.0 [53.0, 57.0] |" in copy_paste and "| 35.0 |" in copy_paste
-    assert "| 700 | 350 | 30% / 70% |" in copy_paste
+    assert "| 700 | 350 | waterbird 30% / 70% |" in copy_paste
     assert "not run" in next(r for r in rows if r.startswith("| no inversion"))
     assert "ERM 24.0, Group-balanced ERM (oracle) 77.0." in text
 

@@ -148,25 +148,25 @@ def run_queue(runs: dict[str, dict[str, Any]]) -> None:
 
 
 def experiments_by_name(show: list[dict]) -> dict[str, dict]:
-    """The newest experiment of each name in `dvc exp show --json` output -> its data
-    ({"params": ..., "metrics": ...}). Experiments that failed have no metrics."""
+    """The newest finished experiment of each name in `dvc exp show --json` output -> its
+    data ({"params", "metrics", "timestamp", "rev"}). Queued, running and failed
+    experiments are left out (a running one shows its baseline's metrics)."""
     found: dict[str, dict] = {}
-
-    def visit(node):
-        if isinstance(node, dict):
-            name, data = node.get("name"), node.get("data")
-            if name and isinstance(data, dict) and "params" in data:
-                older = found.get(name)
-                if older is None or (data.get("timestamp") or "") > (older.get("timestamp") or ""):
-                    found[name] = {**data, "rev": node.get("rev")}
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(show)
+    for baseline in show:
+        for experiment in baseline.get("experiments") or []:
+            state = (experiment.get("executor") or {}).get("state")
+            if state not in (None, "success"):  # None: run in the workspace, finished
+                continue
+            for rev in experiment.get("revs") or []:
+                name, data = rev.get("name"), rev.get("data") or {}
+                older = found.get(name) if name else None
+                if name and (older is None or _newer(data, older)):
+                    found[name] = {**data, "rev": rev.get("rev")}
     return found
+
+
+def _newer(a: dict, b: dict) -> bool:
+    return (a.get("timestamp") or "") > (b.get("timestamp") or "")
 
 
 def metrics_file(data: dict, name: str) -> dict | None:
@@ -361,11 +361,9 @@ def ablations_markdown(experiments: dict[str, dict]) -> str:
         reference = reference or (metrics if key == "ddb" else None)
         ddb, no_prune = metrics["ddb"], metrics["ddb_no_prune"]
         agree = []
-        for target in (prune.get("per_target") or {}).values():
+        for class_name, target in (prune.get("per_target") or {}).items():
             a, k = target.get("independent_acc_all"), target.get("independent_acc_kept")
-            agree.append(
-                f"{_pct(a)} / {_pct(k)}" if a is not None else "n/a",
-            )
+            agree.append(f"{class_name} {_pct(a)} / {_pct(k)}")
         lines.append(
             "| "
             + " | ".join(
