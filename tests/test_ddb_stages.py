@@ -143,9 +143,7 @@ def test_generate_resumes_after_an_interruption_and_ends_equal(
     generation_inputs, monkeypatch, tmp_path
 ):
     config = generation_inputs
-    generate.run(config)
-    reference = tmp_path / "uninterrupted"
-    paths.GENERATE.rename(reference)
+    reference = _reference_run(config, tmp_path / "uninterrupted")
 
     calls = []
     write_shard = generate.write_shard
@@ -176,6 +174,13 @@ def test_generate_discards_shards_made_under_other_params(generation_inputs):
     )
     generate.run(changed)
     assert (paths.GENERATE / "shards/shard_00000/000000.png").read_bytes() != first
+
+
+def _reference_run(config, folder: Path) -> Path:
+    """An uninterrupted, single-process generate run, moved to `folder` to compare against."""
+    generate.run(config)
+    paths.GENERATE.rename(folder)
+    return folder
 
 
 def _same_tree(a: Path, b: Path) -> bool:
@@ -319,9 +324,7 @@ def test_generate_shards_split_by_process_index_add_up_to_one_run(
     import accelerate
 
     config = generation_inputs
-    generate.run(config)
-    reference = tmp_path / "one_process"
-    paths.GENERATE.rename(reference)
+    reference = _reference_run(config, tmp_path / "one_process")
     # what the main process does before the first barrier: prepare the output folder
     segments = pd.read_csv(paths.SEGMENT / "segments.csv")
     jobs = generate.plan_jobs(segments, ("landbird", "waterbird"), config)

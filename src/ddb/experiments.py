@@ -103,10 +103,11 @@ def missing_requirements(config: Config, overrides: dict[str, Any]) -> list[str]
             missing.append(f"{name} (not in the Hugging Face cache)")
     if overrides.get("classifier.pretrained", config.classifier.pretrained):
         import torch
-        import torchvision
+
+        from ddb.models.classifier import ARCHITECTURES
 
         arch = str(overrides.get("classifier.arch", config.classifier.arch))
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        _, weights = ARCHITECTURES[arch]  # the weights build_classifier loads
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         if not cached.is_file():
             missing.append(f"ImageNet {arch} weights ({cached})")
@@ -241,12 +242,13 @@ def paper_table_markdown(
     from ddb.stages.report import METHODS
 
     methods = _method_order(results) or list(METHODS)
+    published_datasets = {d for by_dataset in PUBLISHED_WGA.values() for d in by_dataset}
     header = ["method", "groups train/val"]
     for d in datasets:
         header.append(f"{DATASET_TITLES.get(d, d)} (ours)")
-        if any(d in p for p in PUBLISHED_WGA.values()):
+        if d in published_datasets:
             header.append(f"{DATASET_TITLES.get(d, d)} (paper)")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = _table_head(header)
     for row, method in enumerate(methods):
         name, train_groups, val_groups = METHODS.get(method, (method, "?", "?"))
         cells = [name, f"{train_groups} / {val_groups}"]
@@ -255,14 +257,14 @@ def paper_table_markdown(
                 cells.append(f"not run: {'; '.join(missing[d])}, see README" if row == 0 else "〃")
             else:
                 cells.append(mean_std(results.get(d, {}).get(method, {}).get("wga", [])))
-            if any(d in p for p in PUBLISHED_WGA.values()):
+            if d in published_datasets:
                 published = PUBLISHED_WGA.get(method, {}).get(d)
                 cells.append("–" if published is None else f"{published:g}")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     wga = "\n".join(lines)
 
     mean_header = ["method", *(DATASET_TITLES.get(d, d) for d in datasets)]
-    mean_lines = ["| " + " | ".join(mean_header) + " |", "|" + "---|" * len(mean_header)]
+    mean_lines = _table_head(mean_header)
     for method in methods:
         cells = [METHODS.get(method, (method,))[0]]
         for d in datasets:
@@ -273,7 +275,7 @@ def paper_table_markdown(
                 cells.append(
                     f"{mean_std(cell['mean_acc'])} / {mean_std(cell['adjusted_mean_acc'])}"
                 )
-        mean_lines.append("| " + " | ".join(cells) + " |")
+        mean_lines.append(_row(cells))
     return "\n".join(
         [
             "# Paper table",
@@ -348,7 +350,7 @@ def ablations_markdown(experiments: dict[str, dict]) -> str:
         "kept",
         "independent classifier agrees (all / kept)",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = _table_head(header)
     reference = None
     for key, (what, overrides) in ABLATIONS.items():
         data = experiments.get(f"ablation-{key}", {})
@@ -356,7 +358,7 @@ def ablations_markdown(experiments: dict[str, dict]) -> str:
         prune = metrics_file(data, "reports/prune.json") or {}
         params = ", ".join(f"`{k}={v}`" for k, v in overrides.items()) or "defaults"
         if not metrics:
-            lines.append(f"| {what} | {params} | not run |" + " |" * (len(header) - 3))
+            lines.append(_row([what, params, "not run", *[""] * (len(header) - 3)]))
             continue
         reference = reference or (metrics if key == "ddb" else None)
         ddb, no_prune = metrics["ddb"], metrics["ddb_no_prune"]
@@ -365,8 +367,7 @@ def ablations_markdown(experiments: dict[str, dict]) -> str:
             a, k = target.get("independent_acc_all"), target.get("independent_acc_kept")
             agree.append(f"{class_name} {_pct(a)} / {_pct(k)}")
         lines.append(
-            "| "
-            + " | ".join(
+            _row(
                 [
                     what,
                     params,
@@ -379,7 +380,6 @@ def ablations_markdown(experiments: dict[str, dict]) -> str:
                     "; ".join(agree) or "n/a",
                 ]
             )
-            + " |"
         )
     from ddb.stages.report import METHODS
 
@@ -412,11 +412,19 @@ def ablations_markdown(experiments: dict[str, dict]) -> str:
 
 
 def _wga_cell(split: dict) -> str:
-    """WGA in %, with its interval where the metrics carry one."""
+    """WGA in %, with its interval where the metrics carry one (as results.md writes it)."""
+    from ddb.stages.report import _cell
+
     interval = (split.get("ci") or {}).get("wga")
-    if not interval:
-        return f"{100 * split['wga']:.1f}"
-    return f"{100 * split['wga']:.1f} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return _cell(split["wga"], interval) if interval else f"{100 * split['wga']:.1f}"
+
+
+def _table_head(header: list[str]) -> list[str]:
+    return [_row(header), "|" + "---|" * len(header)]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _pct(value) -> str:
@@ -453,7 +461,7 @@ def ablations(config: Config, collect_only: bool = False, only: list[str] | None
     if not collect_only:
         run_queue({f"ablation-{name}": ABLATIONS[name][1] for name in names})
     experiments = experiments_by_name(exp_show())
-    names = [f"ablation-{name}" for name in ABLATIONS]
-    text = ablations_markdown(with_full_metrics(experiments, names))
+    shown = [f"ablation-{name}" for name in ABLATIONS]  # the table has a row for each
+    text = ablations_markdown(with_full_metrics(experiments, shown))
     write_text(paths.REPORTS / "ablations.md", text)
     return text
