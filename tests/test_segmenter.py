@@ -11,6 +11,7 @@ import torch
 
 from ddb.models.loaders import load_segmenter
 from ddb.models.segmenter import (
+    TensorInputs,
     build_segmenter,
     extract_layers,
     mask_iou,
@@ -144,3 +145,16 @@ def test_save_and_load_round_trip(segmenter, tmp_path: Path):
         segment(loaded_processor, loaded, images, "square", 0.5),
     )
     assert loaded.config.extract_layers == model.config.extract_layers
+
+
+def test_tensor_inputs_equal_the_processors(segmenter):
+    processor, _ = segmenter
+    images = np.random.default_rng(3).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    prompts = ["a photo of a duck", "bird", "bird"]
+    expected = model_inputs(processor, images, prompts, torch.device("cpu"))
+    ours = TensorInputs(processor, torch.device("cpu"))(torch.from_numpy(images), prompts)
+    assert torch.equal(ours["input_ids"], expected["input_ids"])
+    assert torch.equal(ours["attention_mask"], expected["attention_mask"])
+    assert torch.allclose(ours["pixel_values"], expected["pixel_values"], atol=1e-5)
+    with pytest.raises(ValueError, match="the model takes"):
+        TensorInputs(processor, torch.device("cpu"))(torch.from_numpy(images[:, :16]), prompts)

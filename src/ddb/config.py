@@ -367,21 +367,22 @@ class FoundationConfig:
     seed: int = 0
     image_size: int = 64
     corpus_size: int = 20000  # composites of objects on neutral scenes
-    batch_size: int = 128
+    batch_size: int = 256
     device: str = "auto"
     # AutoencoderKL: one entry per level; latents are image_size / 2**(levels-1) wide
-    vae_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    vae_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
     latent_channels: int = 4
-    vae_steps: int = 1200
+    vae_steps: int = 4000
     vae_lr: float = 1e-3
+    vae_max_seconds: float = 75  # > 0: stop the VAE early at this wall-clock budget
     # UNet2DConditionModel (9 input channels) and CLIPTextModel, trained together
-    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    unet_channels: list[int] = field(default_factory=lambda: [48, 96, 192])
     unet_layers: int = 2  # resnet layers per UNet block
-    text_width: int = 64
+    text_width: int = 128
     text_layers: int = 4
-    unet_steps: int = 6000
-    unet_lr: float = 3e-4
-    unet_max_seconds: float = 250  # > 0: stop the UNet early at this wall-clock budget
+    unet_steps: int = 20000
+    unet_lr: float = 4e-4
+    unet_max_seconds: float = 300  # > 0: stop the UNet early at this budget (cosine follows it)
     caption_dropout: float = 0.1  # so that classifier-free guidance works
     ema_decay: float = 0.999
 
@@ -411,13 +412,20 @@ class FoundationSegmenterConfig:
     device: str = "auto"
     width: int = 64
     layers: int = 4
+    patch_size: int = 8  # ViT patch side: image_size / patch_size tokens a side
     steps: int = 4000
     lr: float = 5e-4
+    max_seconds: float = 0  # > 0: stop early at this wall-clock budget
 
     def validate(self) -> None:
         _require_choice("foundation_segmenter.device", self.device, ("auto", "cpu", "cuda"))
         _require(
             self.image_size % 8 == 0, "foundation_segmenter.image_size", "must be a multiple of 8"
+        )
+        _require(
+            self.patch_size >= 1 and self.image_size % self.patch_size == 0,
+            "foundation_segmenter.patch_size",
+            "must divide image_size",
         )
         for key in ("corpus_size", "batch_size", "width", "layers", "steps"):
             _require(getattr(self, key) >= 1, f"foundation_segmenter.{key}", "must be >= 1")

@@ -14,11 +14,15 @@ object's outline (what a segmenter gives), its bounding box, and a random region
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ddb.data import embedded
@@ -194,26 +198,61 @@ def make_sample(sources: CorpusSources, names: list[str], rng: np.random.Generat
     )
 
 
-def build_corpus(sources: CorpusSources, n: int, size: int, seed: int) -> dict[str, np.ndarray]:
-    """n composites as arrays (deterministic in seed): images, three masks, captions."""
+_FORKED: tuple = ()  # (sources, names, size, seed), inherited by forked workers
+
+
+def _sample_range(indices: range) -> list:
+    sources, names, size, seed = _FORKED
+    return [make_sample(sources, names, np.random.default_rng([seed, i]), size) for i in indices]
+
+
+def build_corpus(
+    sources: CorpusSources, n: int, size: int, seed: int, workers: int | None = None
+) -> dict[str, np.ndarray]:
+    """n composites as arrays (deterministic in seed, whatever the number of worker
+    processes: each sample has its own RNG): images, three masks, captions."""
+    global _FORKED
     names = sorted(sources.objects)
-    images = np.empty((n, size, size, 3), np.uint8)
-    masks = {key: np.empty((n, size, size), bool) for key in ("object", "box", "random")}
-    captions, objects, categories = [], [], []
-    for i in range(n):
-        image, obj, box, region, name, noun, caption = make_sample(
-            sources, names, np.random.default_rng([seed, i]), size
-        )
-        images[i], masks["object"][i], masks["box"][i], masks["random"][i] = image, obj, box, region
-        captions.append(caption)
-        objects.append(name)
-        categories.append(noun)
+    workers = min(workers or os.cpu_count() or 1, max(1, n // 1000))
+    chunks = [range(start, min(n, start + 500)) for start in range(0, n, 500)]
+    _FORKED = (sources, names, size, seed)
+    try:
+        if workers > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                samples = [s for chunk in pool.map(_sample_range, chunks) for s in chunk]
+        else:
+            samples = [s for chunk in chunks for s in _sample_range(chunk)]
+    finally:
+        _FORKED = ()
+    images, objects, boxes, regions, names_, nouns, captions = zip(*samples, strict=True)
     return {
-        "images": images,
-        "object_masks": masks["object"],
-        "box_masks": masks["box"],
-        "random_masks": masks["random"],
+        "images": np.stack(images),
+        "object_masks": np.stack(objects),
+        "box_masks": np.stack(boxes),
+        "random_masks": np.stack(regions),
         "captions": np.array(captions),
-        "objects": np.array(objects),
-        "categories": np.array(categories),
+        "objects": np.array(names_),
+        "categories": np.array(nouns),
     }
+
+
+CHANNEL_ORDERS = list(itertools.permutations(range(3)))
+
+
+def recolour_backgrounds(
+    images: torch.Tensor, object_masks: torch.Tensor, generator: torch.Generator, p: float = 0.5
+) -> torch.Tensor:
+    """Augmentation on a batch (uint8 B×H×W×3, bool B×H×W): with probability p, an image's
+    background (not its object) gets its colour channels permuted and its brightness scaled
+    by 0.7-1.3. Six channel orders turn the few neutral scenes (brown bark, grey rock) into
+    green and blue textures too, so the models see varied backgrounds without the corpus
+    ever holding the benchmark's land or water photographs."""
+    n, device = len(images), images.device
+    orders = torch.tensor(CHANNEL_ORDERS, device=device)
+    order = orders[torch.randint(0, len(orders), (n,), generator=generator, device=device)]
+    permuted = torch.gather(images, 3, order[:, None, None, :].expand_as(images))
+    gain = 0.7 + 0.6 * torch.rand(n, generator=generator, device=device)
+    recoloured = (permuted.float() * gain[:, None, None, None]).clamp(0, 255).to(images.dtype)
+    apply = torch.rand(n, generator=generator, device=device) < p
+    background = apply[:, None, None, None] & ~object_masks[..., None].bool()
+    return torch.where(background, recoloured, images)

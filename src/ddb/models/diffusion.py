@@ -27,6 +27,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from ddb.data.corpus import recolour_backgrounds
+
 log = logging.getLogger(__name__)
 
 SCHEDULER = {  # Stable Diffusion's noise schedule
@@ -95,9 +97,10 @@ def build_unet(
     )
 
 
-def to_unit(images: np.ndarray, device) -> torch.Tensor:
-    """uint8 BxHxWx3 -> float Bx3xHxW in [-1, 1] (the pipeline's convention)."""
-    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+def to_unit(images, device) -> torch.Tensor:
+    """uint8 BxHxWx3 (numpy or tensor) -> float Bx3xHxW in [-1, 1] (the pipeline's convention)."""
+    images = torch.as_tensor(images).to(device)
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def train_vae(
@@ -107,13 +110,18 @@ def train_vae(
     lr: float,
     device,
     kl_weight: float = 1e-6,
+    max_seconds: float = 0,
 ) -> list[float]:
-    """L1 reconstruction + a small KL term, as SD's autoencoder minus its GAN loss."""
+    """L1 reconstruction + a small KL term, as SD's autoencoder minus its GAN loss.
+    `max_seconds` as in `train_inpainting`."""
+    progress = _progress(steps, max_seconds, time.perf_counter())
     vae.to(device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    losses = []
-    for _ in (bar := tqdm(range(steps), desc="foundation vae", unit="step")):
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * progress(s)))
+    )
+    losses = []  # device scalars, read back every 50 steps (each read syncs the GPU)
+    for step in (bar := tqdm(range(steps), desc="foundation vae", unit="step")):
         x = to_unit(next_images(), device)
         with _autocast(device):
             posterior = vae.encode(x).latent_dist
@@ -123,9 +131,12 @@ def train_vae(
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    return losses
+        losses.append(loss.detach())
+        if step % 50 == 49:
+            bar.set_postfix(loss=f"{torch.stack(losses[-50:]).mean().item():.4f}")
+        if progress(step + 1) >= 1:
+            break
+    return torch.stack(losses).tolist()
 
 
 @torch.no_grad()
@@ -138,27 +149,66 @@ def set_latent_scale(vae: AutoencoderKL, images: np.ndarray, device) -> float:
     return scale
 
 
-def mask_batch(corpus: dict, index: np.ndarray, rng: np.random.Generator, weights) -> np.ndarray:
-    """For each sample, its object outline (dilated 0-2 px), its box or a random region."""
-    from ddb.data.corpus import dilate
-
-    kinds = rng.choice(len(MASK_KINDS), size=len(index), p=weights)
-    masks = np.empty((len(index), *corpus["images"].shape[1:3]), bool)
-    for row, (i, kind) in enumerate(zip(index, kinds, strict=True)):
-        mask = corpus[f"{MASK_KINDS[kind]}_masks"][i]
-        masks[row] = dilate(mask, int(rng.integers(0, 3))) if kind == 0 else mask
-    return masks
-
-
-def encode_prompts(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
-    ids = tokenizer(
-        prompts,
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's 77, as the pipeline pads prompts."""
+    return tokenizer(
+        list(prompts),
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
-    ).input_ids.to(device)
-    return text_encoder(ids)[0]
+    ).input_ids
+
+
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
+    return text_encoder(tokenize(tokenizer, prompts).to(device))[0]
+
+
+class CorpusOnDevice:
+    """The corpus as device tensors, and training batches drawn from it on the device.
+
+    Drawing a batch is a handful of tensor ops: no per-sample Python, no tokenizing, no
+    host-to-device copy per step (which bound the first GPU build to ~4 steps/s).
+    Each batch: images in [-1, 1], masks Bx1xHxW (an object outline dilated 0-2 px, its
+    box or a random region, by `mask_weights`), caption ids with `caption_dropout` of them
+    emptied, half the backgrounds recoloured (`corpus.recolour_backgrounds`), and a random
+    horizontal flip of image and mask together.
+    """
+
+    def __init__(self, corpus: dict, tokenizer, device, mask_weights=(0.4, 0.35, 0.25)):
+        self.images = torch.from_numpy(np.ascontiguousarray(corpus["images"])).to(device)
+        self.masks = torch.from_numpy(
+            np.stack([corpus[f"{kind}_masks"] for kind in MASK_KINDS], axis=1)
+        ).to(device)  # N x kinds x H x W
+        self.caption_ids = tokenize(tokenizer, [str(c) for c in corpus["captions"]]).to(device)
+        self.empty_ids = tokenize(tokenizer, [""]).to(device)
+        self.mask_weights = torch.tensor(mask_weights, dtype=torch.float, device=device)
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def draw(self, batch_size: int, caption_dropout: float, generator: torch.Generator):
+        def uniform(*shape):
+            return torch.rand(shape, generator=generator, device=self.device)
+
+        index = torch.randint(0, len(self), (batch_size,), generator=generator, device=self.device)
+        kind = torch.multinomial(self.mask_weights, batch_size, True, generator=generator)
+        images = recolour_backgrounds(self.images[index], self.masks[index, 0], generator)
+        images = to_unit(images, self.device)
+        masks = self.masks[index, kind][:, None].float()
+        # outlines grow 0-2 px, as a segmenter's masks overshoot the object
+        grow = torch.randint(0, 3, (batch_size,), generator=generator, device=self.device)
+        grow = torch.where(kind == 0, grow, 0)
+        for pixels in (1, 2):
+            grown = F.max_pool2d(masks, 3, stride=1, padding=1)
+            masks = torch.where((grow >= pixels)[:, None, None, None], grown, masks)
+        flip = (uniform(batch_size) < 0.5)[:, None, None, None]
+        images = torch.where(flip, images.flip(-1), images)
+        masks = torch.where(flip, masks.flip(-1), masks)
+        drop = (uniform(batch_size) < caption_dropout)[:, None]
+        ids = torch.where(drop, self.empty_ids, self.caption_ids[index])
+        return images, masks, ids
 
 
 def train_inpainting(
@@ -182,48 +232,44 @@ def train_inpainting(
     Captions are dropped with probability `caption_dropout` so classifier-free guidance
     has an unconditional model to contrast with. EMA weights are what gets saved.
     `max_seconds` > 0 stops early at that wall-clock budget (the step count is then in the
-    returned losses)."""
+    returned losses); the cosine learning rate then follows whichever budget, steps or
+    seconds, runs out first, so a timed run still ends on a decayed rate."""
     start = time.perf_counter()
-    rng = np.random.default_rng(seed)
     noise_scheduler = DDPMScheduler(**SCHEDULER)
+    alphas = noise_scheduler.alphas_cumprod.to(device)
     vae.to(device).eval().requires_grad_(False)
     unet.to(device).train()
     text_encoder.to(device).train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     warmup = min(500, steps // 10 + 1)
+    progress = _progress(steps, max_seconds, start)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps))),
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * progress(s))),
     )
-    ema_unet = EMAModel(unet.parameters(), decay=ema_decay)
-    ema_text = EMAModel(text_encoder.parameters(), decay=ema_decay)
+    ema_unet = EMAModel(unet.parameters(), decay=ema_decay, foreach=True)
+    ema_text = EMAModel(text_encoder.parameters(), decay=ema_decay, foreach=True)
     ema_unet.to(device)
     ema_text.to(device)
     scale = vae.config.scaling_factor
-    n = len(corpus["images"])
+    data = CorpusOnDevice(corpus, tokenizer, device, mask_weights)
     generator = torch.Generator(device).manual_seed(seed)
-    losses = []
-    for _ in (bar := tqdm(range(steps), desc="foundation unet", unit="step")):
-        index = rng.integers(0, n, batch_size)
-        images = to_unit(corpus["images"][index], device)
-        masks = torch.from_numpy(mask_batch(corpus, index, rng, mask_weights)).to(device)
-        masks = masks[:, None].float()
-        prompts = [
-            "" if rng.random() < caption_dropout else str(c) for c in corpus["captions"][index]
-        ]
+    step_losses = []  # device scalars: reading each one back would sync every step
+    for step in (bar := tqdm(range(steps), desc="foundation unet", unit="step")):
+        images, masks, ids = data.draw(batch_size, caption_dropout, generator)
         with torch.no_grad(), _autocast(device):
-            latents = vae.encode(images).latent_dist.sample(generator) * scale
-            masked = vae.encode(images * (masks < 0.5)).latent_dist.sample(generator) * scale
-        latents, masked = latents.float(), masked.float()
+            both = vae.encode(torch.cat([images, images * (masks < 0.5)])).latent_dist
+            latents, masked = (both.sample(generator) * scale).float().chunk(2)
         small_mask = F.interpolate(masks, size=latents.shape[-2:])
         noise = torch.randn(latents.shape, generator=generator, device=device)
         t = torch.randint(
             0, SCHEDULER["num_train_timesteps"], (batch_size,), device=device, generator=generator
         )
-        noisy = noise_scheduler.add_noise(latents, noise, t)
+        a = alphas[t][:, None, None, None]
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise  # DDPMScheduler.add_noise
         with _autocast(device):
-            text = encode_prompts(tokenizer, text_encoder, prompts, device)
+            text = text_encoder(ids)[0]
             pred = unet(torch.cat([noisy, small_mask, masked], 1), t, text).sample
         loss = F.mse_loss(pred.float(), noise)
         optimizer.zero_grad(set_to_none=True)
@@ -233,16 +279,17 @@ def train_inpainting(
         schedule.step()
         ema_unet.step(unet.parameters())
         ema_text.step(text_encoder.parameters())
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if max_seconds and time.perf_counter() - start > max_seconds:
-            log.info("unet: time budget of %.0f s reached after %d steps", max_seconds, len(losses))
+        step_losses.append(loss.detach())
+        if step % 50 == 49:
+            bar.set_postfix(loss=f"{torch.stack(step_losses[-50:]).mean().item():.4f}")
+        if progress(step + 1) >= 1:
+            log.info("unet: time budget of %.0f s reached after %d steps", max_seconds, step + 1)
             break
     ema_unet.copy_to(unet.parameters())
     ema_text.copy_to(text_encoder.parameters())
     unet.eval()
     text_encoder.eval()
-    return losses
+    return torch.stack(step_losses).tolist()
 
 
 def make_pipeline(vae, unet, text_encoder, tokenizer) -> StableDiffusionInpaintPipeline:
@@ -300,6 +347,19 @@ def inpaint(
     ).images
     generated = np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
     return np.where(masks[..., None], generated, images)
+
+
+def _progress(steps: int, max_seconds: float, start: float) -> Callable[[int], float]:
+    """Training progress in [0, 1] after s steps: the larger of the step fraction and, with
+    a time budget, the elapsed fraction of it."""
+
+    def progress(s: int) -> float:
+        done = s / steps
+        if max_seconds:
+            done = max(done, (time.perf_counter() - start) / max_seconds)
+        return min(1.0, done)
+
+    return progress
 
 
 def _groups(channels: list[int]) -> int:

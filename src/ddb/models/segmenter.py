@@ -15,6 +15,7 @@ from random weights, so training runs the same computation with gradients everyw
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -110,6 +111,41 @@ def model_inputs(
     return {key: value.to(device) for key, value in inputs.items()}
 
 
+class TensorInputs:
+    """The processor's inputs built from device tensors, for training: uint8 B×H×W×3 images
+    at the processor's size are rescaled and CLIP-normalised on the device, and each
+    distinct prompt is tokenized once, then padded to the batch's longest as the processor
+    pads. Equal to `model_inputs` (a test checks it), without its per-image PIL round trip,
+    which bound GPU training to the host's speed."""
+
+    def __init__(self, processor: CLIPSegProcessor, device: torch.device):
+        self.tokenizer = processor.tokenizer
+        size = processor.image_processor.size
+        self.size = (size["height"], size["width"])
+        self.mean = torch.tensor(CLIP_MEAN, device=device)[:, None, None]
+        self.std = torch.tensor(CLIP_STD, device=device)[:, None, None]
+        self.device = device
+        self.ids: dict[str, list[int]] = {}
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        if tuple(images.shape[1:3]) != self.size:
+            raise ValueError(f"images are {tuple(images.shape[1:3])}, the model takes {self.size}")
+        pixels = images.to(self.device).permute(0, 3, 1, 2).float() / 255
+        for prompt in set(prompts) - self.ids.keys():
+            self.ids[prompt] = self.tokenizer(prompt).input_ids
+        longest = max(len(self.ids[p]) for p in prompts)
+        ids = torch.full((len(prompts), longest), self.tokenizer.pad_token_id)
+        attention = torch.zeros((len(prompts), longest), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(self.ids[prompt])] = torch.tensor(self.ids[prompt])
+            attention[row, : len(self.ids[prompt])] = 1
+        return {
+            "input_ids": ids.to(self.device),
+            "attention_mask": attention.to(self.device),
+            "pixel_values": (pixels - self.mean) / self.std,
+        }
+
+
 def segmentation_logits(
     model: CLIPSegForImageSegmentation, inputs: dict[str, torch.Tensor]
 ) -> torch.Tensor:
@@ -145,17 +181,23 @@ def train_segmenter(
     lr: float,
     device: str | torch.device,
     log_every: int = 100,
+    max_seconds: float = 0,
 ) -> list[float]:
     """Train every parameter for `steps` batches with BCE-with-logits; the loss per step.
 
     The masks are resized to the logits (the processor's square size) when they differ, so
     images of any size train the same model. AdamW with gradient clipping at GRAD_CLIP;
-    seeding is the caller's. The model is left in eval mode.
+    seeding is the caller's. The model is left in eval mode. Batches of numpy arrays go
+    through the processor; batches of tensors (uint8 images at the processor's size) take
+    `TensorInputs`, the fast path for a GPU. `max_seconds` > 0 stops early at that
+    wall-clock budget (checked when logging; the step count is then len(losses)).
     """
     device = torch.device(device)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    start = time.perf_counter()
     batches = iter(batches)
+    tensor_inputs = TensorInputs(processor, device)
     losses: list[float] = []
     bar = tqdm(range(1, steps + 1), desc="segmenter", unit="step")
     for step in bar:
@@ -163,20 +205,27 @@ def train_segmenter(
             images, masks, prompts = next(batches)
         except StopIteration:
             raise ValueError(f"batches ran out after {step - 1} of {steps} steps") from None
-        logits = segmentation_logits(model, model_inputs(processor, images, prompts, device))
-        target = torch.as_tensor(np.asarray(masks), dtype=torch.float32, device=device)
+        if torch.is_tensor(images):  # the fast path: a batch already on the device
+            inputs = tensor_inputs(images, prompts)
+        else:
+            inputs = model_inputs(processor, images, prompts, device)
+        logits = segmentation_logits(model, inputs)
+        target = torch.as_tensor(masks, device=device).float()
         loss = F.binary_cross_entropy_with_logits(logits, resize_maps(target, logits.shape[-2:]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+        losses.append(loss.detach())  # read back only when logged: each read syncs a GPU
         if log_every and step % log_every == 0:
-            recent = losses[-log_every:]
-            log.info("segmenter step %d/%d: loss %.4f", step, steps, sum(recent) / len(recent))
+            recent = torch.stack(losses[-log_every:]).mean().item()
+            bar.set_postfix(loss=f"{recent:.4f}", refresh=False)
+            log.info("segmenter step %d/%d: loss %.4f", step, steps, recent)
+            if max_seconds and time.perf_counter() - start > max_seconds:
+                log.info("segmenter: time budget of %.0f s reached at step %d", max_seconds, step)
+                break
     model.eval()
-    return losses
+    return torch.stack(losses).tolist()
 
 
 @torch.inference_mode()

@@ -34,6 +34,7 @@ def run(config: Config) -> None:
     seed_everything(cfg.seed)
     if device.type == "cuda":  # deterministic CUDA kernels are slow and GPU runs differ anyway
         torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
     sources = corpus_lib.load_sources()
     corpus = corpus_lib.build_corpus(sources, cfg.corpus_size, cfg.image_size, cfg.seed)
@@ -50,17 +51,32 @@ def run(config: Config) -> None:
     log.info("inpainting model trained in %.0f s on %s", seconds, device)
 
 
-def _sampler(corpus: dict, batch_size: int, seed: int):
-    rng = np.random.default_rng(seed)
-    n = len(corpus["images"])
-    return lambda: corpus["images"][rng.integers(0, n, batch_size)]
+def _sampler(corpus: dict, batch_size: int, seed: int, device):
+    """Random batches of corpus images, drawn on the device the images are copied to once;
+    half are mirrored."""
+    images = torch.from_numpy(corpus["images"]).to(device)
+    generator = torch.Generator(device).manual_seed(seed)
+
+    def draw():
+        batch = images[
+            torch.randint(0, len(images), (batch_size,), generator=generator, device=device)
+        ]
+        flip = torch.rand(batch_size, generator=generator, device=device) < 0.5
+        return torch.where(flip[:, None, None, None], batch.flip(2), batch)
+
+    return draw
 
 
 def train_inpainting_pipeline(cfg, corpus: dict, tokenizer, device):
     latent_size = cfg.image_size // 2 ** (len(cfg.vae_channels) - 1)
     vae = diffusion.build_vae(cfg.vae_channels, cfg.latent_channels, cfg.image_size)
     vae_losses = diffusion.train_vae(
-        vae, _sampler(corpus, cfg.batch_size, cfg.seed), cfg.vae_steps, cfg.vae_lr, device
+        vae,
+        _sampler(corpus, cfg.batch_size, cfg.seed, device),
+        cfg.vae_steps,
+        cfg.vae_lr,
+        device,
+        max_seconds=cfg.vae_max_seconds,
     )
     scale = diffusion.set_latent_scale(vae, corpus["images"][:512], device)
     log.info("vae: final L1 %.4f, latent scale %.3f", np.mean(vae_losses[-100:]), scale)

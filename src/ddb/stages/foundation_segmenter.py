@@ -1,7 +1,7 @@
 """foundation_segmenter: train the small offline stand-in for CLIPSeg.
 
 A one-off like `foundation` (frozen, outputs committed), but cheap: its step time is bound
-by image preprocessing, so it trains on 2 CPU cores in about 20 minutes. Same corpus as
+by image preprocessing on CPU, so it trains on 2 CPU cores in about 20 minutes. Same corpus as
 the inpainting model. Prompts name the object or its category ("duck", "bird"), so "bird"
 segments birds; one in five names something absent (target: an empty mask), so the text
 matters. Writes models/foundation/clipseg/ (processor + model, fp16) with train.json.
@@ -30,14 +30,23 @@ def run(config: Config) -> None:
     cfg = config.foundation_segmenter
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    if device.type == "cuda":  # as in foundation: GPU runs differ anyway
+        torch.use_deterministic_algorithms(False)
     start = time.perf_counter()
     sources = corpus_lib.load_sources()
     corpus = corpus_lib.build_corpus(sources, cfg.corpus_size, cfg.image_size, cfg.seed)
     processor, model = build_segmenter(
-        clip_tokenizer(), image_size=cfg.image_size, width=cfg.width, layers=cfg.layers
+        clip_tokenizer(),
+        image_size=cfg.image_size,
+        width=cfg.width,
+        layers=cfg.layers,
+        patch_size=cfg.patch_size,
     )
-    batches = prompted_batches(corpus, cfg.batch_size, np.random.default_rng(cfg.seed + 1))
-    losses = train_segmenter(processor, model, batches, cfg.steps, cfg.lr, device)
+    rng = np.random.default_rng(cfg.seed + 1)
+    batches = prompted_batches(corpus, cfg.batch_size, rng, device)
+    losses = train_segmenter(
+        processor, model, batches, cfg.steps, cfg.lr, device, max_seconds=cfg.max_seconds
+    )
     seconds = time.perf_counter() - start
     with atomic_path(paths.CLIPSEG) as out:
         model.to(torch.float16).save_pretrained(out, safe_serialization=True)
@@ -49,13 +58,22 @@ def run(config: Config) -> None:
     log.info("segmenter trained in %.0f s on %s", seconds, device)
 
 
-def prompted_batches(corpus: dict, batch_size: int, rng: np.random.Generator):
-    """Endless (images, masks, prompts) batches; 20% of prompts name an absent thing."""
+def prompted_batches(corpus: dict, batch_size: int, rng: np.random.Generator, device=None):
+    """Endless (images, masks, prompts) batches; 20% of prompts name an absent thing.
+
+    With a device, images and masks are tensors there (the corpus is copied over once),
+    augmented: half the backgrounds recoloured (`corpus.recolour_backgrounds`), half the
+    images mirrored with their masks.
+    """
     n = len(corpus["images"])
+    images, object_masks = corpus["images"], corpus["object_masks"]
+    if device is not None:
+        images = torch.from_numpy(images).to(device)
+        object_masks = torch.from_numpy(object_masks).to(device)
+        generator = torch.Generator(device).manual_seed(int(rng.integers(2**31)))
     while True:
         index = rng.integers(0, n, batch_size)
-        masks = corpus["object_masks"][index].copy()
-        prompts = []
+        prompts, absent = [], []
         for row, i in enumerate(index):
             names = corpus["categories"] if rng.random() < 0.5 else corpus["objects"]
             prompt = str(names[i])
@@ -63,6 +81,18 @@ def prompted_batches(corpus: dict, batch_size: int, rng: np.random.Generator):
                 other = str(names[rng.integers(0, n)])
                 if other not in (corpus["categories"][i], corpus["objects"][i]):
                     prompt = other
-                    masks[row] = False
+                    absent.append(row)
             prompts.append(prompt)
-        yield corpus["images"][index], masks, prompts
+        if device is None:
+            masks = object_masks[index].copy()
+            masks[absent] = False
+            yield images[index], masks, prompts
+            continue
+        at = torch.from_numpy(index).to(device)
+        batch, masks = images[at], object_masks[at]
+        batch = corpus_lib.recolour_backgrounds(batch, masks, generator)
+        flip = torch.rand(batch_size, generator=generator, device=device) < 0.5
+        batch = torch.where(flip[:, None, None, None], batch.flip(2), batch)
+        masks = torch.where(flip[:, None, None], masks.flip(2), masks)
+        masks[torch.tensor(absent, dtype=torch.long, device=device)] = False
+        yield batch, masks, prompts
