@@ -70,3 +70,33 @@ def test_saved_pipeline_reloads_and_paste_back_is_exact(tiny, tmp_path):
     assert not np.array_equal(out[masks], data["images"][masks])  # inside: repainted
     again = diffusion.inpaint(loaded, data["images"], masks, ["a photo of a crow"] * 2, steps=2)
     assert np.array_equal(out, again)  # seeded
+
+
+def test_latent_corpus_holds_the_vae_encoding_of_each_masked_image(tiny):
+    from ddb.data.corpus import dilate
+
+    tokenizer, vae, _, _ = tiny
+    data = _corpus(n=3)
+    data["random_masks"] = np.zeros_like(data["random_masks"])
+    data["random_masks"][:, :5] = True
+    latents = diffusion.LatentCorpus(data, vae, tokenizer, "cpu", chunk=2)
+    for v, (kind, grow) in enumerate(diffusion.MASK_VARIANTS):
+        mask = np.stack([dilate(m, grow) for m in data[f"{kind}_masks"]])
+        blanked = np.where(mask[..., None], 127.5, data["images"].astype(float))
+        with torch.no_grad():  # blanked pixels are 0 in [-1, 1], as the pipeline blanks them
+            expected = vae.encode(diffusion.to_unit(blanked, "cpu")).latent_dist.mean
+        stored = latents.stats[:, 1 + v, 0].float()  # float16 on the device
+        assert torch.allclose(stored, expected, rtol=1e-2, atol=5e-3)
+    small = latents.small_masks
+    assert small.shape == (3, len(diffusion.MASK_VARIANTS), 16, 16)
+    assert small[:, 0].sum() < small[:, 1].sum() < small[:, 2].sum()  # dilation grows
+    assert torch.equal(small[:, 3], small[:, 0])  # this corpus's boxes are its objects
+    assert not small[:, 4, 3:].any()  # the random region: top rows only
+    weights = latents.variant_weights
+    assert torch.isclose(weights[:3].sum(), torch.tensor(0.4))  # object's weight, split
+    ids = diffusion.tokenize(tokenizer, ["a photo of a duck"])
+    lat, masked, masks, drawn_ids = latents.draw(64, 1.0, torch.Generator().manual_seed(0))
+    assert lat.shape == masked.shape == (64, 4, 16, 16) and masks.shape == (64, 1, 16, 16)
+    assert (drawn_ids == diffusion.tokenize(tokenizer, [""])).all()  # dropout 1: all empty
+    _, _, _, kept = latents.draw(8, 0.0, torch.Generator().manual_seed(0))
+    assert (kept == ids).all()

@@ -370,11 +370,11 @@ class FoundationConfig:
     batch_size: int = 256
     device: str = "auto"
     # AutoencoderKL: one entry per level; latents are image_size / 2**(levels-1) wide
-    vae_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    vae_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     latent_channels: int = 4
     vae_steps: int = 4000
     vae_lr: float = 1e-3
-    vae_max_seconds: float = 75  # > 0: stop the VAE early at this wall-clock budget
+    vae_max_seconds: float = 60  # > 0: stop the VAE early at this wall-clock budget
     # UNet2DConditionModel (9 input channels) and CLIPTextModel, trained together
     unet_channels: list[int] = field(default_factory=lambda: [48, 96, 192])
     unet_layers: int = 2  # resnet layers per UNet block
@@ -382,7 +382,7 @@ class FoundationConfig:
     text_layers: int = 4
     unet_steps: int = 20000
     unet_lr: float = 4e-4
-    unet_max_seconds: float = 300  # > 0: stop the UNet early at this budget (cosine follows it)
+    unet_max_seconds: float = 200  # > 0: stop the UNet early at this budget (cosine follows it)
     caption_dropout: float = 0.1  # so that classifier-free guidance works
     ema_decay: float = 0.999
 

@@ -27,8 +27,6 @@ from torch.nn import functional as F
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ddb.data.corpus import recolour_backgrounds
-
 log = logging.getLogger(__name__)
 
 SCHEDULER = {  # Stable Diffusion's noise schedule
@@ -164,51 +162,84 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], device) -> torch
     return text_encoder(tokenize(tokenizer, prompts).to(device))[0]
 
 
-class CorpusOnDevice:
-    """The corpus as device tensors, and training batches drawn from it on the device.
+# The masks a UNet sample trains on: its object outline grown by 0, 1 or 2 px (a
+# segmenter's masks overshoot the object), its bounding box, or a random region.
+MASK_VARIANTS = (("object", 0), ("object", 1), ("object", 2), ("box", 0), ("random", 0))
 
-    Drawing a batch is a handful of tensor ops: no per-sample Python, no tokenizing, no
-    host-to-device copy per step (which bound the first GPU build to ~4 steps/s).
-    Each batch: images in [-1, 1], masks Bx1xHxW (an object outline dilated 0-2 px, its
-    box or a random region, by `mask_weights`), caption ids with `caption_dropout` of them
-    emptied, half the backgrounds recoloured (`corpus.recolour_backgrounds`), and a random
-    horizontal flip of image and mask together.
+
+class LatentCorpus:
+    """The corpus encoded once by the frozen VAE, on the device, and batches drawn from it.
+
+    For every image: the latent distribution (mean, std) of the image and of the image
+    with each of MASK_VARIANTS blanked, and each variant's mask at latent size. A step then
+    samples latents as `vae.encode(...).latent_dist.sample()` would, with no VAE pass, no
+    per-sample Python and no host-to-device copy (the VAE passes bound the GPU build). A
+    random half of each batch is mirrored, latents and masks together; `caption_dropout`
+    of the captions are emptied.
     """
 
-    def __init__(self, corpus: dict, tokenizer, device, mask_weights=(0.4, 0.35, 0.25)):
-        self.images = torch.from_numpy(np.ascontiguousarray(corpus["images"])).to(device)
-        self.masks = torch.from_numpy(
-            np.stack([corpus[f"{kind}_masks"] for kind in MASK_KINDS], axis=1)
-        ).to(device)  # N x kinds x H x W
+    def __init__(
+        self, corpus: dict, vae, tokenizer, device, mask_weights=(0.4, 0.35, 0.25), chunk=500
+    ):
+        device = torch.device(device)
+        kinds = [kind for kind, _ in MASK_VARIANTS]  # a kind's weight split over its variants
+        weights = [mask_weights[MASK_KINDS.index(kind)] / kinds.count(kind) for kind in kinds]
+        self.variant_weights = torch.tensor(weights, device=device)
         self.caption_ids = tokenize(tokenizer, [str(c) for c in corpus["captions"]]).to(device)
         self.empty_ids = tokenize(tokenizer, [""]).to(device)
-        self.mask_weights = torch.tensor(mask_weights, dtype=torch.float, device=device)
-        self.device = torch.device(device)
+        self.device = device
+        stats, small_masks = [], []
+        vae.to(device).eval()
+        for start in tqdm(range(0, len(corpus["images"]), chunk), desc="foundation latents"):
+            end = start + chunk
+            images = to_unit(corpus["images"][start:end], device)
+            masks = variant_masks(corpus, slice(start, end), device)  # B x V x H x W
+            blanked = images[:, None] * (masks[:, :, None] < 0.5)
+            batch = torch.cat([images[:, None], blanked], 1).flatten(0, 1)
+            with torch.no_grad(), _autocast(device):
+                dist = vae.encode(batch).latent_dist
+            both = torch.stack([dist.mean, dist.std], 1).float()
+            stats.append(both.unflatten(0, (len(images), -1)).half())  # B x 1+V x 2 x C x h x w
+            small_masks.append(F.interpolate(masks, size=both.shape[-2:]).bool())
+        self.stats = torch.cat(stats)
+        self.small_masks = torch.cat(small_masks)  # N x V x h x w
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.stats)
 
     def draw(self, batch_size: int, caption_dropout: float, generator: torch.Generator):
-        def uniform(*shape):
-            return torch.rand(shape, generator=generator, device=self.device)
+        """(latents, masked-image latents, masks Bx1xhxw, caption ids), unscaled latents."""
+
+        def uniform(n):
+            return torch.rand(n, generator=generator, device=self.device)
 
         index = torch.randint(0, len(self), (batch_size,), generator=generator, device=self.device)
-        kind = torch.multinomial(self.mask_weights, batch_size, True, generator=generator)
-        images = recolour_backgrounds(self.images[index], self.masks[index, 0], generator)
-        images = to_unit(images, self.device)
-        masks = self.masks[index, kind][:, None].float()
-        # outlines grow 0-2 px, as a segmenter's masks overshoot the object
-        grow = torch.randint(0, 3, (batch_size,), generator=generator, device=self.device)
-        grow = torch.where(kind == 0, grow, 0)
-        for pixels in (1, 2):
-            grown = F.max_pool2d(masks, 3, stride=1, padding=1)
-            masks = torch.where((grow >= pixels)[:, None, None, None], grown, masks)
+        variant = torch.multinomial(self.variant_weights, batch_size, True, generator=generator)
+        image, masked = self.stats[index, 0].float(), self.stats[index, 1 + variant].float()
+        both = torch.stack([image, masked], 1)  # B x 2 x (mean, std) x C x h x w
+        noise = torch.randn(both[:, :, 0].shape, generator=generator, device=self.device)
+        latents = both[:, :, 0] + both[:, :, 1] * noise  # DiagonalGaussianDistribution.sample
+        masks = self.small_masks[index, variant][:, None].float()
         flip = (uniform(batch_size) < 0.5)[:, None, None, None]
-        images = torch.where(flip, images.flip(-1), images)
+        latents = torch.where(flip[:, None], latents.flip(-1), latents)
         masks = torch.where(flip, masks.flip(-1), masks)
         drop = (uniform(batch_size) < caption_dropout)[:, None]
         ids = torch.where(drop, self.empty_ids, self.caption_ids[index])
-        return images, masks, ids
+        return latents[:, 0], latents[:, 1], masks, ids
+
+
+def variant_masks(corpus: dict, rows: slice, device) -> torch.Tensor:
+    """MASK_VARIANTS of corpus rows as float B x V x H x W on the device."""
+    masks = []
+    for kind, grow in MASK_VARIANTS:
+        mask = torch.from_numpy(corpus[f"{kind}_masks"][rows]).to(device)[:, None].float()
+        for _ in range(grow):  # 1 px into the 4 neighbours, as corpus.dilate
+            mask = torch.maximum(
+                F.max_pool2d(mask, (3, 1), stride=1, padding=(1, 0)),
+                F.max_pool2d(mask, (1, 3), stride=1, padding=(0, 1)),
+            )
+        masks.append(mask)
+    return torch.cat(masks, 1)
 
 
 def train_inpainting(
@@ -253,15 +284,12 @@ def train_inpainting(
     ema_unet.to(device)
     ema_text.to(device)
     scale = vae.config.scaling_factor
-    data = CorpusOnDevice(corpus, tokenizer, device, mask_weights)
+    data = LatentCorpus(corpus, vae, tokenizer, device, mask_weights)
     generator = torch.Generator(device).manual_seed(seed)
     step_losses = []  # device scalars: reading each one back would sync every step
     for step in (bar := tqdm(range(steps), desc="foundation unet", unit="step")):
-        images, masks, ids = data.draw(batch_size, caption_dropout, generator)
-        with torch.no_grad(), _autocast(device):
-            both = vae.encode(torch.cat([images, images * (masks < 0.5)])).latent_dist
-            latents, masked = (both.sample(generator) * scale).float().chunk(2)
-        small_mask = F.interpolate(masks, size=latents.shape[-2:])
+        latents, masked, small_mask, ids = data.draw(batch_size, caption_dropout, generator)
+        latents, masked = latents * scale, masked * scale
         noise = torch.randn(latents.shape, generator=generator, device=device)
         t = torch.randint(
             0, SCHEDULER["num_train_timesteps"], (batch_size,), device=device, generator=generator
