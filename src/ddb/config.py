@@ -234,7 +234,7 @@ class GenerateConfig:
     method: str = "diffusion"  # diffusion | copy_paste (a real object of the class, control)
     prompt: str = "a photo of a {token} {class_name}"
     steps: int = 25  # denoising steps
-    guidance: float = 2.0  # classifier-free guidance scale
+    guidance: float = 7.5  # classifier-free guidance scale
     strength: float = 1.0
     batch_size: int = 32
     samples_per_source: int = 1  # per target class
@@ -408,14 +408,14 @@ class FoundationSegmenterConfig:
     seed: int = 0
     image_size: int = 64
     corpus_size: int = 20000
-    batch_size: int = 128
+    batch_size: int = 256
     device: str = "auto"
     width: int = 64
     layers: int = 4
-    patch_size: int = 8  # ViT patch side: image_size / patch_size tokens a side
-    steps: int = 4000
+    patch_size: int = 4  # ViT patch side: image_size / patch_size tokens a side
+    steps: int = 40000
     lr: float = 5e-4
-    max_seconds: float = 0  # > 0: stop early at this wall-clock budget
+    max_seconds: float = 300  # > 0: stop early at this wall-clock budget
 
     def validate(self) -> None:
         _require_choice("foundation_segmenter.device", self.device, ("auto", "cpu", "cuda"))
@@ -442,7 +442,7 @@ class FoundationEvalConfig:
     prompt: str = "a photo of a {species}"
     dilate: int = 2  # px added around the ground-truth outline before repainting
     steps: int = 25
-    guidance: float = 2.0
+    guidance: float = 7.5
 
     def validate(self) -> None:
         _require(self.images >= 4, "foundation_eval.images", "must be >= 4")
