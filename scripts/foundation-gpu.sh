@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Train the foundation models on a lent GPU machine (no internet there), as the committed
-# build was. Two halves:
-#   bash scripts/foundation-gpu.sh prepare    # here: wheels + source images into .gpu/
-#   bash scripts/foundation-gpu.sh train      # there (carry .gpu): installs, trains, packs
-# `train` leaves models/foundation as 15 MB tar chunks under $OUT; back here:
-#   cat <files_at>/foundation.tar.* | tar xf - -C models/ && dvc commit -f foundation
-# then `dvc repro` (foundation_report) and commit. Record the params you trained with in
-# params.yaml first, so that dvc.lock matches them.
+# build was (H200, 2026-11-26). Two halves:
+#   bash scripts/foundation-gpu.sh prepare                  # here: wheels + stamps into .gpu/
+#   bash scripts/foundation-gpu.sh train inpaint|segmenter  # there (carry .gpu)
+# One model per call: run together they share the GPU and each trains at a fraction of
+# its speed, and a call brings back about 60 MB at most (inpaint is 49 MB, the segmenter
+# 11 MB). The device tool sends tracked files too: models/foundation (38+ MB) must leave
+# the index for the call (`git rm -r --cached -q models/foundation` and list it in
+# .git/info/exclude; `git add` it back afterwards). `train` leaves 15 MB tar chunks under
+# $OUT; back here:
+#   cat <files_at>/<model>.tar.* | tar xf - -C models/
+#   dvc commit -f foundation foundation_segmenter && dvc repro foundation_report
+# params.yaml must hold the params trained with (dvc.lock records them). Budget, params as
+# committed: inpaint 268 s (VAE 60 s, UNet 200 s), segmenter 313 s (300 s budget), each
+# plus about 45 s of machine start and 20 s of set-up.
 set -euo pipefail
 case "${1:-}" in
   prepare)
@@ -28,12 +35,20 @@ for f in corpus.object_paths() + list(corpus.NEUTRAL_SCENES):
 PY
     du -sh .gpu ;;
   train)
-    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/whl/*.whl
+    case "${2:-}" in
+      inpaint) stage=foundation folder=inpaint ;;
+      segmenter) stage=foundation_segmenter folder=clipseg ;;
+      *) echo "usage: $0 train inpaint|segmenter" >&2; exit 2 ;;
+    esac
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .gpu/whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
     cp -r .gpu/src/usr/share/* /usr/share/
-    mkdir -p "$OUT"
-    rm -rf models/foundation
-    python3 -m ddb foundation 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$' | tee "$OUT/log.txt" | tail -30
-    (cd models && tar cf - foundation | split -b 15m - "$OUT/foundation.tar.") ;;
-  *) echo "usage: $0 prepare|train" >&2; exit 2 ;;
+    mkdir -p "$OUT" models/foundation
+    rm -rf "models/foundation/$folder"
+    # tqdm's bar lines, thinned: enough to read the step rate
+    python3 -m ddb "$stage" 2>&1 | tr '\r' '\n' | awk '!/step\/s/ || NR % 200 == 0' \
+      | tee "$OUT/$folder.log" | tail -20
+    (cd models && tar cf - "foundation/$folder" | split -b 15m - "$OUT/$folder.tar.") ;;
+  *) echo "usage: $0 prepare | train inpaint|segmenter" >&2; exit 2 ;;
 esac

@@ -40,10 +40,13 @@ def test_corpus_is_deterministic_balanced_and_captioned():
     sources = corpus.load_sources()
     assert {"duck", "crow", "seagull"} <= set(sources.objects)
     assert sources.objects["duck"][1] == "bird"
-    first = corpus.build_corpus(sources, 40, 32, seed=3)
-    again = corpus.build_corpus(sources, 40, 32, seed=3)
+    first = corpus.build_corpus(sources, 40, 32, seed=3, workers=1)
+    again = corpus.build_corpus(sources, 40, 32, seed=3, workers=1)
     assert np.array_equal(first["images"], again["images"])
     assert list(first["captions"]) == list(again["captions"])
+    forked = corpus.build_corpus(sources, 2000, 32, seed=3, workers=2)  # 2 worker processes
+    assert np.array_equal(forked["images"][:40], first["images"])
+    assert list(forked["captions"][:40]) == list(first["captions"])
     assert first["images"].shape == (40, 32, 32, 3)
     for i in range(40):
         obj, box = first["object_masks"][i], first["box_masks"][i]
@@ -57,3 +60,29 @@ def test_corpus_is_deterministic_balanced_and_captioned():
 def test_random_region_covers_a_real_share(seed):
     region = corpus.random_region(np.random.default_rng(seed), 64)
     assert 0.03 < region.mean() < 0.7
+
+
+def test_recolour_backgrounds_keeps_objects_and_permutes_backgrounds():
+    import torch
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 200, (64, 8, 8, 3), dtype=np.uint8))
+    masks = torch.zeros(64, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    out = corpus.recolour_backgrounds(images, masks, torch.Generator().manual_seed(0))
+    assert torch.equal(out[masks], images[masks])  # objects untouched
+    changed = (out != images).flatten(1).any(1)
+    assert 0.25 < changed.float().mean() < 0.75  # p = 0.5
+    for i in np.flatnonzero(changed.numpy()):
+        before = images[i][~masks[i]].float()
+        after = out[i][~masks[i]].float()
+        # some channel order and one gain in [0.7, 1.3] explain the new background
+        fits = []
+        for order in corpus.CHANNEL_ORDERS:
+            permuted = before[:, list(order)]
+            gain = (after * permuted).sum() / (permuted * permuted).sum()
+            error = (after - (permuted * gain).clamp(0, 255)).abs().max()
+            fits.append(bool(0.69 < gain < 1.31 and error <= 1.0))
+        assert any(fits)
+    again = corpus.recolour_backgrounds(images, masks, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # seeded

@@ -100,3 +100,12 @@ def test_latent_corpus_holds_the_vae_encoding_of_each_masked_image(tiny):
     assert (drawn_ids == diffusion.tokenize(tokenizer, [""])).all()  # dropout 1: all empty
     _, _, _, kept = latents.draw(8, 0.0, torch.Generator().manual_seed(0))
     assert (kept == ids).all()
+
+
+def test_a_time_budget_stops_training_early():
+    vae = diffusion.build_vae([16, 32], 4, 32)
+    data = _corpus(n=4)
+    losses = diffusion.train_vae(
+        vae, lambda: data["images"], steps=1000, lr=1e-3, device="cpu", max_seconds=1e-6
+    )
+    assert len(losses) == 1  # the budget ran out during the first step

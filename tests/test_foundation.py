@@ -66,3 +66,30 @@ def test_segmenter_batches_hold_negatives_with_empty_masks():
     empty = ~masks.any(axis=(1, 2))
     assert 0.05 < empty.mean() < 0.3  # about one in five, minus same-name draws
     assert all(p in set(corpus["objects"]) | {"bird", "fruit"} for p in prompts)
+
+
+def test_device_batches_mirror_masks_with_images_and_keep_negatives_empty():
+    import torch
+
+    rng = np.random.default_rng(0)
+    n = 40
+    images = np.zeros((n, 8, 8, 3), np.uint8)
+    masks = np.zeros((n, 8, 8), bool)
+    masks[:, 2:6, 0:3] = True  # an object on the left; mirrored, on the right
+    images[masks] = (250, 10, 10)
+    corpus = {
+        "images": images,
+        "object_masks": masks,
+        "objects": np.array([f"thing{i}" for i in range(n)]),
+        "categories": np.array(["bird" if i % 2 else "fruit" for i in range(n)]),
+    }
+    batch, batch_masks, prompts = next(
+        foundation_segmenter.prompted_batches(corpus, 200, rng, torch.device("cpu"))
+    )
+    assert batch.dtype == torch.uint8 and batch_masks.dtype == torch.bool
+    red = (batch[..., 0] == 250) & (batch[..., 1] == 10)  # the object keeps its colour
+    positive = batch_masks.flatten(1).any(1)
+    assert torch.equal(batch_masks[positive], red[positive])  # masks follow the mirroring
+    mirrored = red[:, 3, 7]
+    assert 0.25 < mirrored.float().mean() < 0.75
+    assert 0.05 < (~positive).float().mean() < 0.3  # negatives: empty masks
