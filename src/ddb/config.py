@@ -234,7 +234,7 @@ class GenerateConfig:
     method: str = "diffusion"  # diffusion | copy_paste (a real object of the class, control)
     prompt: str = "a photo of a {token} {class_name}"
     steps: int = 25  # denoising steps
-    guidance: float = 7.5  # classifier-free guidance scale
+    guidance: float = 2.0  # classifier-free guidance scale
     strength: float = 1.0
     batch_size: int = 32
     samples_per_source: int = 1  # per target class
