@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO, needs_sources, tiny_params
@@ -105,9 +106,23 @@ def _stages_run(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([a-z_]+)'", out))
 
 
+def _threshold_changing_kept(decisions: pd.DataFrame) -> float:
+    """A prune.threshold that keeps a different set than the default: above every kept
+    sample's attr_score (drops them), or, if none is kept, below the scores of the samples
+    only the attribution condition drops (keeps them). DVC skips what follows a stage
+    whose outputs did not change, so a threshold that changes nothing re-runs only prune."""
+    kept = decisions[decisions.kept]
+    if len(kept):
+        return round(float(kept.attr_score.max()) + 0.01, 4)
+    only_attribution = decisions[~decisions.drop_psi & ~decisions.drop_paired]
+    assert len(only_attribution), "every tiny sample is dropped by psi or paired"
+    return round(float(only_attribution.attr_score.min()) - 0.01, 4)
+
+
 def test_prune_threshold_experiment_reruns_exactly_what_the_threshold_feeds(project):
     _commit(project)
-    out = _run("dvc", "exp", "run", "-S", "prune.threshold=0.8", cwd=project)
+    threshold = _threshold_changing_kept(pd.read_csv(project / "models/prune/decisions.csv"))
+    out = _run("dvc", "exp", "run", "-S", f"prune.threshold={threshold}", cwd=project)
     assert _stages_run(out) == {"prune", "retrain", "evaluate", "report"}
 
 
