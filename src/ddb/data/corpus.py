@@ -256,3 +256,13 @@ def recolour_backgrounds(
     apply = torch.rand(n, generator=generator, device=device) < p
     background = apply[:, None, None, None] & ~object_masks[..., None].bool()
     return torch.where(background, recoloured, images)
+
+
+def mirror_half(
+    generator: torch.Generator, *tensors: tuple[torch.Tensor, int]
+) -> list[torch.Tensor]:
+    """Mirror a random half of a batch: each (tensor, width dim) pair is flipped along its
+    width in the same rows, so images and their masks or latents stay aligned."""
+    first = tensors[0][0]
+    flip = torch.rand(len(first), generator=generator, device=first.device) < 0.5
+    return [torch.where(flip.view(-1, *[1] * (t.dim() - 1)), t.flip(dim), t) for t, dim in tensors]

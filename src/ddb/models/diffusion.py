@@ -27,6 +27,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from ddb.data.corpus import mirror_half
+
 log = logging.getLogger(__name__)
 
 SCHEDULER = {  # Stable Diffusion's noise schedule
@@ -210,9 +212,6 @@ class LatentCorpus:
     def draw(self, batch_size: int, caption_dropout: float, generator: torch.Generator):
         """(latents, masked-image latents, masks Bx1xhxw, caption ids), unscaled latents."""
 
-        def uniform(n):
-            return torch.rand(n, generator=generator, device=self.device)
-
         index = torch.randint(0, len(self), (batch_size,), generator=generator, device=self.device)
         variant = torch.multinomial(self.variant_weights, batch_size, True, generator=generator)
         image, masked = self.stats[index, 0].float(), self.stats[index, 1 + variant].float()
@@ -220,10 +219,9 @@ class LatentCorpus:
         noise = torch.randn(both[:, :, 0].shape, generator=generator, device=self.device)
         latents = both[:, :, 0] + both[:, :, 1] * noise  # DiagonalGaussianDistribution.sample
         masks = self.small_masks[index, variant][:, None].float()
-        flip = (uniform(batch_size) < 0.5)[:, None, None, None]
-        latents = torch.where(flip[:, None], latents.flip(-1), latents)
-        masks = torch.where(flip, masks.flip(-1), masks)
-        drop = (uniform(batch_size) < caption_dropout)[:, None]
+        latents, masks = mirror_half(generator, (latents, -1), (masks, -1))
+        drop = torch.rand(batch_size, generator=generator, device=self.device) < caption_dropout
+        drop = drop[:, None]
         ids = torch.where(drop, self.empty_ids, self.caption_ids[index])
         return latents[:, 0], latents[:, 1], masks, ids
 

@@ -61,8 +61,7 @@ def _sampler(corpus: dict, batch_size: int, seed: int, device):
         batch = images[
             torch.randint(0, len(images), (batch_size,), generator=generator, device=device)
         ]
-        flip = torch.rand(batch_size, generator=generator, device=device) < 0.5
-        return torch.where(flip[:, None, None, None], batch.flip(2), batch)
+        return corpus_lib.mirror_half(generator, (batch, 2))[0]
 
     return draw
 

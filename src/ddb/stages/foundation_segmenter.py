@@ -91,8 +91,6 @@ def prompted_batches(corpus: dict, batch_size: int, rng: np.random.Generator, de
         at = torch.from_numpy(index).to(device)
         batch, masks = images[at], object_masks[at]
         batch = corpus_lib.recolour_backgrounds(batch, masks, generator)
-        flip = torch.rand(batch_size, generator=generator, device=device) < 0.5
-        batch = torch.where(flip[:, None, None, None], batch.flip(2), batch)
-        masks = torch.where(flip[:, None, None], masks.flip(2), masks)
+        batch, masks = corpus_lib.mirror_half(generator, (batch, 2), (masks, 2))
         masks[torch.tensor(absent, dtype=torch.long, device=device)] = False
         yield batch, masks, prompts
