@@ -26,6 +26,14 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rel: float = 5e-5):
+    """|actual - expected| <= rel * max|expected| everywhere: float32 rounding of another
+    kernel, not a different computation."""
+    scale = expected.abs().max().item()
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max().item() <= rel * scale, (actual - expected).abs().max()
+
+
 def test_inpaint_pipeline_round_trip_and_inference(tmp_path: Path):
     saved = tiny_inpaint_pipeline()
     saved.save_pretrained(tmp_path / "inpaint")
@@ -75,7 +83,12 @@ def test_segmenter_round_trip(tmp_path: Path):
     assert torch.equal(ours["input_ids"], theirs["input_ids"])
     assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
     with torch.inference_mode():
-        assert torch.allclose(model.eval()(**ours).logits, loaded(**theirs).logits)
+        built, reloaded = model.eval()(**ours).logits, loaded(**theirs).logits
+    # Equal weights and inputs, but not one code path: the reloaded model can take other CPU
+    # kernels (attention implementation, memory layout), and kernels differ by CPU vendor. On
+    # an AMD EPYC logits of magnitude ~20 differed in the 4th decimal, so the tolerance is
+    # relative to their scale; a wrong or missing weight moves them by O(1).
+    assert_close_to_scale(reloaded, built)
 
 
 def test_float16_checkpoints_load_as_float32_and_run_on_cpu(tmp_path: Path):

@@ -69,7 +69,11 @@ def test_gradient_path_equals_clipseg_forward(segmenter):
         expected = model(**inputs).logits
         ours = segmentation_logits(model, inputs)
     assert ours.shape == (3, SIZE, SIZE)
-    assert torch.allclose(ours, expected, atol=1e-6)
+    # Two code paths through the same weights: equal up to float32 rounding of the order in
+    # which they sum (kernels differ by CPU), so the tolerance scales with the logits; a
+    # missing layer or a wrong pooling moves them by O(1).
+    scale = expected.abs().max().item()
+    assert (ours - expected).abs().max().item() <= 1e-5 * scale
 
 
 def test_training_lowers_the_loss_and_trains_the_backbone(segmenter):
@@ -109,7 +113,14 @@ def test_segment_shape_dtype_and_threshold(segmenter):
     assert masks.shape == (3, 40, 40) and masks.dtype == bool
     one = segment(processor, model, images[0], "square", threshold=0.5)
     assert one.shape == (1, 40, 40)
-    assert np.array_equal(one[0], masks[0])  # batching does not change the answer
+    # Batching does not change the answer. A batch of 1 and one of 2 may take different CPU
+    # kernels, so a probability within float rounding of the threshold may fall either side:
+    # compare exactly only where the mask is the same for thresholds 0.5 +- 1e-4.
+    low = segment(processor, model, images, "square", threshold=0.5 - 1e-4, batch_size=2)
+    high = segment(processor, model, images, "square", threshold=0.5 + 1e-4, batch_size=2)
+    settled = low[0] == high[0]
+    assert settled.mean() > 0.99
+    assert np.array_equal(one[0][settled], masks[0][settled])
     assert segment(processor, model, images, "square", threshold=0.0).all()
     assert not segment(processor, model, images, "square", threshold=1.0).any()
 
