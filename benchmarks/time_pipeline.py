@@ -160,7 +160,8 @@ def main() -> None:
     lines += [
         "",
         f"The scratch run's reports/metrics.json and foundation.json are {verdict} the "
-        "repository's. The prune experiment re-ran: " + ", ".join(exp_stages) + ".",
+        "repository's (bit-identity holds on the machine that produced them; another CPU "
+        "changes the last digits). The prune experiment re-ran: " + ", ".join(exp_stages) + ".",
     ]
     body = "\n".join(lines)
     write_section("time_pipeline", body)

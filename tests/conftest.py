@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +120,46 @@ def in_tmp_repo(tmp_path: Path, monkeypatch) -> Path:
         shutil.copy(REPO / "data/sources.json", tmp_path / "data/sources.json")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def run_in(cwd: Path, *args: str, timeout: float = 900) -> str:
+    """Run a command (dvc, git, ddb) with the venv's bin on PATH; fail the test with its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert out.returncode == 0, f"{args} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout + out.stderr
+
+
+def commit_all(project: Path, message: str = "baseline") -> None:
+    run_in(project, "git", "add", "-A")
+    run_in(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+
+
+def copy_project(source: Path, destination: Path) -> Path:
+    """A copy of a reproduced project (git history, DVC cache and all) to change freely."""
+    shutil.copytree(source, destination, symlinks=True)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """The tiny profile reproduced once per test session: a git + DVC project on which
+    `dvc repro` has run, everything committed. Shared and never changed: copy it with
+    `copy_project` before running anything that writes."""
+    root = tmp_path_factory.mktemp("tiny_project")
+    for name in ("dvc.yaml", ".dvcignore", "src"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    # the committed foundation models (the stage itself is frozen: never re-run here)
+    shutil.copytree(REPO / "models/foundation", root / "models/foundation")
+    (root / "data").mkdir()
+    shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
+    (root / "reports").mkdir()
+    shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
+    (root / "params.yaml").write_text(tiny_params())
+    run_in(root, "git", "init", "-q")
+    run_in(root, "dvc", "init", "-q")
+    run_in(root, "dvc", "config", "core.analytics", "false")
+    run_in(root, "dvc", "repro")
+    commit_all(root)
+    return root

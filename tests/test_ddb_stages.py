@@ -157,18 +157,34 @@ def test_generate_resumes_after_an_interruption_and_ends_equal(
     monkeypatch.setattr(generate, "write_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         generate.run(config)
-    assert sorted(p.name for p in (paths.GENERATE / "shards").iterdir()) == ["shard_00000"]
+    work = generate.partial_dir(paths.GENERATE)
+    assert sorted(p.name for p in (work / "shards").iterdir()) == ["shard_00000"]
+    assert not paths.GENERATE.exists()  # no half-generated output where score would read it
+    # what a SIGKILL mid-shard leaves (no `finally` runs): the resume must not publish it
+    leftover = work / "shards/.shard_00001.x1y2/shard_00001"
+    leftover.mkdir(parents=True)
+    (leftover / "000002.png").write_bytes(b"half")
     monkeypatch.setattr(generate, "write_shard", lambda *a: calls.append(a) or write_shard(*a))
     generate.run(config)
     assert len(calls) == 2  # the finished shard was not generated again
+    assert not work.exists()  # the finished work folder became the output
     compare = filecmp.dircmp(reference, paths.GENERATE)
     assert _same_tree(reference, paths.GENERATE), compare.report_full_closure()
 
 
-def test_generate_discards_shards_made_under_other_params(generation_inputs):
+def test_generate_discards_shards_made_under_other_params(generation_inputs, monkeypatch):
     config = generation_inputs
-    generate.run(config)
-    first = (paths.GENERATE / "shards/shard_00000/000000.png").read_bytes()
+    write_shard = generate.write_shard
+
+    def interrupted(*args):
+        write_shard(*args)
+        raise KeyboardInterrupt  # stopped after the first shard
+
+    monkeypatch.setattr(generate, "write_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate.run(config)
+    first = (generate.partial_dir(paths.GENERATE) / "shards/shard_00000/000000.png").read_bytes()
+    monkeypatch.setattr(generate, "write_shard", write_shard)
     changed = dataclasses.replace(
         config, generate=dataclasses.replace(config.generate, seed=config.generate.seed + 1)
     )
@@ -328,7 +344,8 @@ def test_generate_shards_split_by_process_index_add_up_to_one_run(
     # what the main process does before the first barrier: prepare the output folder
     segments = pd.read_csv(paths.SEGMENT / "segments.csv")
     jobs = generate.plan_jobs(segments, ("landbird", "waterbird"), config)
-    generate.prepare_output(paths.GENERATE, generate.job_fingerprint(config, jobs))
+    work = generate.partial_dir(paths.GENERATE)
+    generate.prepare_output(work, generate.job_fingerprint(config, jobs))
     written = {}
     write_shard = generate.write_shard
     for index in (1, 0):  # the second process first: the main one writes the manifest

@@ -1,12 +1,15 @@
 """Each baseline does what it claims, on tiny inputs."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from ddb.data.waterbirds import load_dataset, split_table
-from ddb.methods import METHODS, dfr, jtt
+from ddb.methods import LABELS, dfr, jtt, method
 from ddb.methods.group_dro import GroupDROLoss
 from ddb.models.classifier import build_classifier
 from tests.conftest import tiny_config
@@ -24,9 +27,18 @@ class Constant(torch.nn.Module):
 
 
 def test_registry_names_the_labels_each_method_uses():
-    assert set(METHODS) == {"group_balanced", "jtt", "group_dro", "dfr"}
-    assert METHODS["jtt"].TRAIN_GROUPS == "no" and METHODS["dfr"].TRAIN_GROUPS == "no"
-    assert METHODS["group_dro"].TRAIN_GROUPS == "yes"
+    assert set(LABELS) == {"group_balanced", "jtt", "group_dro", "dfr"}
+    train_groups = {name: label[1] for name, label in LABELS.items()}
+    assert train_groups == {"group_balanced": "yes", "jtt": "no", "group_dro": "yes", "dfr": "no"}
+    assert all(callable(method(name).train) for name in LABELS)
+    with pytest.raises(KeyError, match="known: group_balanced"):
+        method("jtt2")
+
+
+def test_the_report_labels_methods_without_importing_torch():
+    # every stage is a new process: importing torch would cost the report seconds
+    code = "import sys, ddb.stages.report; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_jtt_upweights_exactly_the_identification_errors(waterbirds_folder):

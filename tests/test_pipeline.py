@@ -2,46 +2,26 @@
 experiment, as a user runs them."""
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from tests.conftest import REPO, needs_sources, tiny_params
+from ddb.experiments import SEED_KEYS
+from tests.conftest import commit_all, copy_project, needs_sources, run_in
 
 pytestmark = [pytest.mark.slow, needs_sources]
 
 
-def _run(*args, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
-    assert out.returncode == 0, f"{args} failed:\n{out.stdout}\n{out.stderr}"
-    return out.stdout + out.stderr
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", ".dvcignore", "src"):
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
-    # the committed foundation models (the stage itself is frozen: never re-run here)
-    shutil.copytree(REPO / "models/foundation", root / "models/foundation")
-    (root / "data").mkdir()
-    shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
-    (root / "reports").mkdir()
-    shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
-    (root / "params.yaml").write_text(tiny_params())
-    _run("git", "init", "-q", cwd=root)
-    _run("dvc", "init", "-q", cwd=root)
-    _run("dvc", "config", "core.analytics", "false", cwd=root)
-    _run("dvc", "repro", cwd=root)
-    return root
+def project(tiny_project, tmp_path_factory):
+    """The session's reproduced tiny project, copied: these tests commit and run experiments."""
+    return copy_project(tiny_project, tmp_path_factory.mktemp("pipeline") / "project")
+
+
+def _run(*args, cwd):
+    return run_in(cwd, *args)
 
 
 def test_repro_writes_every_metric(project):
@@ -95,63 +75,60 @@ def test_second_repro_does_nothing(project):
     assert "up to date" in _run("dvc", "status", cwd=project)
 
 
-def _commit(project):
-    _run("git", "add", "-A", cwd=project)
-    _run(
-        "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline", cwd=project
-    )
-
-
 def _stages_run(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([a-z_]+)'", out))
 
 
-def _threshold_changing_kept(decisions: pd.DataFrame) -> float:
-    """A prune.threshold that keeps a different set than the default: above every kept
-    sample's attr_score (drops them), or, if none is kept, below the scores of the samples
-    only the attribution condition drops (keeps them). DVC skips what follows a stage
-    whose outputs did not change, so a threshold that changes nothing re-runs only prune."""
-    kept = decisions[decisions.kept]
-    if len(kept):
-        return round(float(kept.attr_score.max()) + 0.01, 4)
-    only_attribution = decisions[~decisions.drop_psi & ~decisions.drop_paired]
-    assert len(only_attribution), "every tiny sample is dropped by psi or paired"
-    return round(float(only_attribution.attr_score.min()) - 0.01, 4)
+def _changed_stages(project, **params) -> set[str]:
+    """The stages `dvc status` says a params change invalidates by itself (their own
+    params); what follows them re-runs only when their outputs change."""
+    path = project / "params.yaml"
+    original = path.read_text()
+    values = yaml.safe_load(original)
+    for key, value in params.items():
+        section, name = key.split(".")
+        values[section][name] = value
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    try:
+        out = _run("dvc", "status", "--json", cwd=project)  # stdout, then DVC's warnings
+        status = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    finally:
+        path.write_text(original)
+    return set(status)
 
 
-def test_prune_threshold_experiment_reruns_exactly_what_the_threshold_feeds(project):
-    _commit(project)
-    threshold = _threshold_changing_kept(pd.read_csv(project / "models/prune/decisions.csv"))
-    out = _run("dvc", "exp", "run", "-S", f"prune.threshold={threshold}", cwd=project)
-    assert _stages_run(out) == {"prune", "retrain", "evaluate", "report"}
+def test_each_seed_reaches_only_the_stages_that_read_it(project):
+    # Run for real by the paper table below (all four seeds at once, through the queue).
+    expected = {
+        "erm.seed": {"erm"},
+        "baselines.seed": {"baselines"},
+        "dfr.seed": {"dfr"},
+        "retrain.seed": {"retrain", "retrain_no_prune"},
+    }
+    assert set(expected) == set(SEED_KEYS)
+    for key, stages in expected.items():
+        assert _changed_stages(project, **{key: 1}) == stages, key
 
 
-def test_seed_experiment_reruns_only_what_the_seed_feeds(project):
-    _commit(project)
-    out = _run("dvc", "exp", "run", "-S", "erm.seed=1", cwd=project)
-    ran = _stages_run(out)
-    assert {"erm", "dfr", "select", "retrain", "evaluate", "report"} <= ran
-    assert not ran & {"prepare", "baselines", "foundation_report"}
-    table = json.loads(_run("dvc", "exp", "show", "--json", cwd=project))
-    seeds = set()
-    for commit in table:  # the workspace, the baseline commit and its experiments
-        for exp in [commit, *[e["revs"][0] for e in commit.get("experiments") or []]]:
-            data = exp["data"]
-            wga = data["metrics"]["reports/metrics.json"]["data"]["erm"]["test"]["wga"]
-            assert 0 <= wga <= 1
-            seeds.add(data["params"]["params.yaml"]["data"]["erm"]["seed"])
-    assert seeds == {0, 1}  # the experiment's WGA beside the baseline's
+def _queue_log(project, name: str) -> str:
+    """What an experiment run through the queue printed."""
+    return _run("dvc", "queue", "logs", name, cwd=project)
 
 
 def test_ablations_and_paper_table_run_through_the_dvc_queue(project):
     params = project / "params.yaml"
     params.write_text(params.read_text().replace("seeds: 3", "seeds: 2"))
-    _commit(project)
+    commit_all(project)
     _run("ddb", "ablations", "--only", "prune-none", cwd=project)
     ablations = (project / "reports/ablations.md").read_text()
     row = next(line for line in ablations.splitlines() if line.startswith("| prune: none"))
     assert "| 8 | 8 |" in row  # nothing pruned: every generated sample kept
     assert "not run" in next(line for line in ablations.splitlines() if "copy-paste" in line)
+    # A prune param re-runs exactly what prune feeds: DVC skips retrain and evaluate when
+    # the kept set is the same as before, so which of them run depends on the baseline's.
+    kept_before = pd.read_csv(project / "models/prune/decisions.csv").kept.all()
+    expected = {"prune", "report"} | (set() if kept_before else {"retrain", "evaluate"})
+    assert _stages_run(_queue_log(project, "ablation-prune-none")) == expected
 
     table = _run("ddb", "paper-table", cwd=project)
     assert (project / "reports/paper_table.md").read_text().strip() in table
@@ -162,8 +139,18 @@ def test_ablations_and_paper_table_run_through_the_dvc_queue(project):
     assert "not run: data/waterbird_complete95_forest2water2/metadata.csv" in erm_row
     assert "| 93 |" in ddb_row  # the paper's Waterbirds figure beside ours
     shown = json.loads(_run("dvc", "exp", "show", "--json", cwd=project))
-    names = {
-        e["name"] for c in shown for e in [r for x in c.get("experiments") or [] for r in x["revs"]]
-    }
-    assert {"ablation-prune-none", "embedded-seed0", "embedded-seed1"} <= names
+    revs = [r for c in shown for x in c.get("experiments") or [] for r in x["revs"]]
+    assert {"ablation-prune-none", "embedded-seed0", "embedded-seed1"} <= {e["name"] for e in revs}
+    seeds = {}
+    for exp in revs:
+        data = exp["data"]
+        wga_erm = data["metrics"]["reports/metrics.json"]["data"]["erm"]["test"]["wga"]
+        assert 0 <= wga_erm <= 1
+        seeds[exp["name"]] = data["params"]["params.yaml"]["data"]["erm"]["seed"]
+    assert seeds["embedded-seed0"] == 0 and seeds["embedded-seed1"] == 1
+    # Seed 0 is the baseline's own run (restored from the run cache); seed 1 re-trains
+    # every classifier and what follows ERM, never the benchmark or the foundation report.
+    ran = _stages_run(_queue_log(project, "embedded-seed1"))
+    assert {"erm", "baselines", "dfr", "select", "retrain", "evaluate", "report"} <= ran
+    assert not ran & {"prepare", "foundation_report"}
     assert (project / "reports/figures/paper_table.png").stat().st_size > 1000

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddb.config import ConfigError, load_config
     from ddb.data.embedded import SourcesError
     from ddb.data.waterbirds import DataError
+    from ddb.utils import StageError
 
     try:
         if args.command == "sources":
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         module, function = ENTRY_POINTS.get(args.command, (args.command, "run"))
         getattr(importlib.import_module(f"ddb.stages.{module}"), function)(config)
-    except (ConfigError, DataError, SourcesError) as err:
+    except (ConfigError, DataError, SourcesError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -492,13 +492,47 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the repository root)")
+    text = path.read_text()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(yaml_error_message(path, text, err)) from err
     config = from_dict(Config, raw, prefix="")
     config.validate()
     return config
+
+
+def yaml_error_message(path: Path, text: str, err: yaml.YAMLError) -> str:
+    """Where the YAML breaks and how to mend it; a tab gets its own message, since YAML
+    forbids tabs in indentation and PyYAML's "cannot start any token" does not say so."""
+    mark = getattr(err, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    lines = text.splitlines()
+    tab_lines = [i + 1 for i, text_line in enumerate(lines) if "\t" in text_line]
+    if tab_lines and (line is None or line in tab_lines or r"'\t'" in str(err)):
+        first = line if line in tab_lines else tab_lines[0]
+        return (
+            f"{path}: line {first} has a tab character; YAML indents with spaces only. "
+            f"Replace the tab(s) with spaces (lines with tabs: {tab_lines[:10]})."
+        )
+    if line is None:
+        return (
+            f"{path}: not valid YAML ({err}). Fix the syntax (see params.yaml in the repository)."
+        )
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    message = f"{path}: not valid YAML at line {line}{_quoted_line(lines, line)} ({problem})"
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None and context_mark.line + 1 != line:
+        start = context_mark.line + 1
+        message += f", {context} that starts at line {start}{_quoted_line(lines, start)}"
+    return (
+        f"{message}. Fix the syntax there: `key: value` pairs, indented with spaces under "
+        "their section, brackets closed (see params.yaml in the repository for the layout)."
+    )
+
+
+def _quoted_line(lines: list[str], line: int) -> str:
+    return f" {lines[line - 1].strip()!r}" if 1 <= line <= len(lines) else ""
 
 
 def from_dict(cls: type, raw: Any, prefix: str) -> Any:
@@ -515,11 +549,20 @@ def from_dict(cls: type, raw: Any, prefix: str) -> Any:
                 f"; did you mean '{prefix}{close[0]}'?" if close else f"; known: {', '.join(names)}"
             )
             raise ConfigError(f"params.yaml: unknown key '{prefix}{key}'{hint}")
-    values = {key: _coerce(hints[key], raw[key], f"{prefix}{key}") for key in raw}
+    defaults = {f.name: _default_of(f) for f in dataclasses.fields(cls)}
+    values = {key: _coerce(hints[key], raw[key], f"{prefix}{key}", defaults[key]) for key in raw}
     return cls(**values)
 
 
-def _coerce(hint: Any, value: Any, key: str) -> Any:
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _coerce(hint: Any, value: Any, key: str, default: Any = None) -> Any:
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, prefix=f"{key}.")
     if hint is Any:  # free-form values (report.datasets' params overrides)
@@ -546,10 +589,28 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         str: isinstance(value, str),
     }[hint]
     if not ok:
-        raise ConfigError(
-            f"params.yaml: '{key}' must be {hint.__name__}, got {value!r} ({type(value).__name__})"
-        )
+        raise ConfigError(type_error_message(key, hint, value, default))
     return float(value) if hint is float else value
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def type_error_message(key: str, hint: type, value: Any, default: Any) -> str:
+    """What is wrong ("must be float, got a list") and what to write, the default as example."""
+    got = {list: "a list", dict: "a mapping", type(None): "an empty value"}.get(
+        type(value), type(value).__name__
+    )
+    advice = f"write {_KINDS[hint]}"
+    if isinstance(value, list):
+        advice += " (one value, not a list)"
+    if default is not None:
+        advice += f", e.g. `{key.rsplit('.', 1)[-1]}: {_yaml_scalar(default)}` (the default)"
+    return f"params.yaml: '{key}' must be {hint.__name__}, got {value!r} ({got}); {advice}"
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _require(condition: bool, key: str, message: str) -> None:

@@ -111,6 +111,8 @@ def train_classifier(
             model, loader, optimizer, scheduler, weights, group_loss, device
         )
         val = evaluate_split(model, val_set, cfg.batch_size)
+        # no wall time in the history: it is part of a DVC out, which must be bit-identical
+        # between two runs of the same params (the time goes to the log instead)
         history.append(
             {
                 "epoch": epoch,
@@ -118,9 +120,9 @@ def train_classifier(
                 "train_acc": train_acc,
                 "val_wga": val["wga"],
                 "val_mean_acc": val["mean_acc"],
-                "seconds": round(time.perf_counter() - start, 2),
             }
         )
+        log.info("%s: epoch %d took %.1f s", desc, epoch, time.perf_counter() - start)
         epochs.set_postfix(loss=f"{train_loss:.3f}", val_wga=f"{val['wga']:.3f}")
         if (val["wga"], val["mean_acc"]) > best or not select_best:
             best = (val["wga"], val["mean_acc"])

@@ -19,8 +19,6 @@ from ddb.metrics import worst_group_accuracy
 from ddb.models.classifier import eval_transform
 from ddb.training import TrainResult
 
-NAME = "DFR"
-TRAIN_GROUPS, VAL_GROUPS = "no", "yes (trains the last layer)"
 log = logging.getLogger(__name__)
 
 

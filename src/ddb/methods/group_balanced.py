@@ -8,9 +8,6 @@ import numpy as np
 from ddb.data.waterbirds import split_table
 from ddb.training import fit_classifier
 
-NAME = "Group-balanced ERM (oracle)"
-TRAIN_GROUPS, VAL_GROUPS = "yes", "yes (model selection)"
-
 
 def group_balanced_weights(groups: np.ndarray) -> np.ndarray:
     """1 / (size of the sample's group): every group gets the same total weight."""

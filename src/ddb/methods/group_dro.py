@@ -10,9 +10,6 @@ import torch
 from ddb.data.waterbirds import split_table
 from ddb.training import fit_classifier
 
-NAME = "GroupDRO"
-TRAIN_GROUPS, VAL_GROUPS = "yes", "yes (model selection)"
-
 
 class GroupDROLoss:
     """Callable `(per-sample losses, group ids) -> loss` that updates its group weights."""

@@ -13,8 +13,6 @@ from ddb.data.waterbirds import ImageTable, split_table
 from ddb.models.classifier import eval_transform
 from ddb.training import fit_classifier, predict
 
-NAME = "JTT"
-TRAIN_GROUPS, VAL_GROUPS = "no", "yes (model selection)"
 log = logging.getLogger(__name__)
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ddb.models.diffusion import _autocast, encode_prompts, to_unit
 from ddb.models.tokenizer import add_placeholder_tokens
-from ddb.utils import atomic_path
+from ddb.utils import StageError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -284,3 +284,37 @@ def save_learned_embeds(path: str | Path, token: str, embedding: torch.Tensor) -
         raise ValueError(f"expected one embedding row [1, dim], got {tuple(embedding.shape)}")
     with atomic_path(path) as tmp:
         save_file({token: embedding}, str(tmp))
+
+
+def load_learned_embeds(pipe, path: str | Path) -> str:
+    """Load a learned_embeds.safetensors into `pipe` (`pipe.load_textual_inversion`) after
+    checking it: a readable safetensors file holding one token's row as wide as the
+    pipeline's text encoder. Returns the token. The check names the file and says what to
+    re-run; diffusers' own errors name neither.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    rerun = "re-run textual inversion with the current models.diffusion (`dvc repro -f invert`)"
+    if not path.is_file():
+        raise StageError(f"{path}: learned embedding not found; {rerun}")
+    try:
+        with safe_open(str(path), framework="pt") as stored:
+            keys = stored.keys()  # noqa: SIM118 (safe_open is not iterable)
+            shapes = {key: stored.get_slice(key).get_shape() for key in keys}
+    except Exception as err:  # SafetensorError and OSError: unusable either way
+        raise StageError(f"{path}: corrupt or truncated safetensors file ({err}); {rerun}") from err
+    if len(shapes) != 1:
+        raise StageError(
+            f"{path}: expected one learned token, found {sorted(shapes) or 'none'}; {rerun}"
+        )
+    ((token, shape),) = shapes.items()
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    if len(shape) not in (1, 2) or shape[-1] != width or (len(shape) == 2 and shape[0] != 1):
+        raise StageError(
+            f"{path}: the embedding of {token} has shape {list(shape)}, but the text encoder "
+            f"of models.diffusion takes rows of width {width} ([1, {width}]): it was learned "
+            f"with another text encoder (another models.diffusion); {rerun}"
+        )
+    pipe.load_textual_inversion(str(path))
+    return token

@@ -9,6 +9,8 @@ what an experiment measures.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -59,7 +61,8 @@ def load_inpaint_pipeline(
             requires_safety_checker=False,
         )
 
-    pipeline = load_or_explain("models.diffusion", name_or_path, load)
+    check = functools.partial(check_pipeline_folder, "models.diffusion", name_or_path)
+    pipeline = load_or_explain("models.diffusion", name_or_path, load, check)
     return pipeline.to(device)
 
 
@@ -84,15 +87,27 @@ def load_segmenter(
     return processor, model.to(device).eval()
 
 
-def load_or_explain(key: str, name_or_path: str, load: Callable[[str], T]) -> T:
+def load_or_explain(
+    key: str,
+    name_or_path: str,
+    load: Callable[[str], T],
+    check: Callable[[Path], None] | None = None,
+) -> T:
     """Run `load` on the folder or hub id; turn "not found" into a ConfigError naming `key`.
 
-    Only the libraries' not-found errors (OSError; ValueError for a string that is neither a
-    folder nor a valid hub id) are translated; a folder that exists and fails to load for
-    another reason raises as it is, since that is a bug, not a missing download.
+    A local folder is first checked (`check`, then every .safetensors file in it), so that
+    a missing component or a truncated weights file is named before the libraries' own,
+    vaguer errors. Only the libraries' not-found errors (OSError; ValueError for a string
+    that is neither a folder nor a valid hub id) are translated; a folder that exists and
+    fails to load for another reason raises as it is, since that is a bug, not a missing
+    download.
     """
     source = os.path.expanduser(name_or_path)
     exists = Path(source).exists()
+    if Path(source).is_dir():
+        if check is not None:
+            check(Path(source))
+        check_safetensors_files(key, name_or_path, Path(source))
     try:
         model = load(source)
     except (OSError, ValueError) as err:
@@ -107,6 +122,59 @@ def load_or_explain(key: str, name_or_path: str, load: Callable[[str], T]) -> T:
         raise
     log.info("loaded %s from %s", key, Path(source).resolve() if exists else f"cache: {source}")
     return model
+
+
+def _rebuild_hint(key: str) -> str:
+    return (
+        "rebuild it (`dvc repro -f foundation foundation_segmenter` for the offline models in "
+        f"models/foundation), or copy or download the checkpoint again (e.g. `hf download "
+        f"{EXAMPLES.get(key, '<org>/<model>')}`)"
+    )
+
+
+def check_pipeline_folder(key: str, name_or_path: str, folder: Path) -> None:
+    """Every component that the folder's model_index.json names has its subfolder (the
+    safety checker and feature extractor excepted: the pipeline is loaded without them)."""
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise ConfigError(
+            f"params.yaml: '{key}' is '{name_or_path}', a folder without model_index.json: "
+            "not a diffusers pipeline saved by `save_pretrained`. Point it at such a folder, "
+            f"or {_rebuild_hint(key)}."
+        )
+    try:
+        index = json.loads(index_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"{index_path}: not valid JSON ({err}); '{key}' cannot be loaded: {_rebuild_hint(key)}"
+        ) from err
+    skipped = {"safety_checker", "feature_extractor", "image_encoder"}
+    for name, spec in index.items():
+        listed = isinstance(spec, list) and len(spec) == 2 and spec[0] is not None
+        if name.startswith("_") or name in skipped or not listed:
+            continue
+        if not (folder / name).is_dir():
+            raise ConfigError(
+                f"params.yaml: '{key}' is '{name_or_path}', a pipeline folder missing its "
+                f"{name}/ component ({folder / name} does not exist, though model_index.json "
+                f"lists it): the folder is incomplete; {_rebuild_hint(key)}."
+            )
+
+
+def check_safetensors_files(key: str, name_or_path: str, folder: Path) -> None:
+    """Open the header of every .safetensors file below `folder` (no tensor is read):
+    a truncated or corrupt file fails here, named, instead of deep inside from_pretrained."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except Exception as err:  # SafetensorError, OSError, ... : the file is unusable
+            raise ConfigError(
+                f"{path}: corrupt or truncated safetensors file ({err}); '{key}' "
+                f"('{name_or_path}') cannot be loaded: {_rebuild_hint(key)}."
+            ) from err
 
 
 def not_found_message(key: str, name_or_path: str) -> str:

@@ -1,5 +1,5 @@
 """baselines: the from-scratch methods DDB is compared with (`baselines.methods`), looked
-up in the registry `ddb.methods.METHODS`. Each writes models/baselines/<name>/ with
+up by name in `ddb.methods`. Each writes models/baselines/<name>/ with
 model.pt and history.csv. DFR, which retrains the ERM model's last layer, is its own stage.
 """
 
@@ -9,19 +9,28 @@ import logging
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import load_dataset
-from ddb.methods import METHODS
+from ddb.data.waterbirds import check_enough_images, check_images, load_dataset, split_table
+from ddb.methods import method
 from ddb.training import save_result
-from ddb.utils import atomic_path
+from ddb.utils import atomic_path, check_writable
 
 log = logging.getLogger(__name__)
 
 
 def run(config: Config) -> None:
-    root, table, groups = load_dataset(config.data)
+    check_writable(paths.BASELINES)
+    root, table, groups = load_dataset(config.data, check=False)
+    check_enough_images(  # DVC may run baselines before erm: the same check, before training
+        split_table(table, "train")["y"].value_counts().to_dict(),
+        groups.class_names,
+        config.select.sources_per_class,
+        config.invert.num_images,
+        where=str(root / "metadata.csv"),
+    )
+    check_images(root, table)
     with atomic_path(paths.BASELINES) as out:
         out.mkdir()
         for name in config.baselines.methods:
             log.info("baseline %s", name)
-            result = METHODS[name].train(config, root, table, groups)
+            result = method(name).train(config, root, table, groups)
             save_result(result, config.classifier.arch, groups.n_classes, out / name)

@@ -19,7 +19,7 @@ from ddb.data.waterbirds import ImageTable, load_dataset, split_table
 from ddb.metrics import summarize
 from ddb.models.classifier import eval_transform, load_classifier
 from ddb.training import predict
-from ddb.utils import atomic_path, write_json
+from ddb.utils import StageError, atomic_path, check_writable, write_json
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,20 @@ def trained_models(config: Config) -> dict[str, Path]:
 
 
 def run(config: Config) -> None:
+    check_writable(paths.METRICS, paths.PREDICTIONS)
+    # read_metadata refuses a val or test split missing a group (its WGA would be undefined)
     root, table, groups = load_dataset(config.data, check=False)  # checked by the training stages
+    models = trained_models(config)
+    missing = [str(checkpoint) for checkpoint in models.values() if not checkpoint.is_file()]
+    if missing:
+        raise StageError(
+            f"no trained model at {', '.join(missing)}; train them first (`dvc repro`, or "
+            "the stage that writes each: erm, baselines, dfr, retrain, retrain_no_prune)"
+        )
     train_sizes = split_table(table, "train")["group"].value_counts().to_dict()
     cfg = config.evaluate
     metrics, predictions = {}, []
-    for method, checkpoint in trained_models(config).items():
+    for method, checkpoint in models.items():
         model = load_classifier(checkpoint)
         metrics[method] = {}
         for split in ("val", "test"):

@@ -12,12 +12,17 @@ by the image's seed) is scaled into the mask's bounding box and pasted over the 
 region instead. The label of the new sample is the target i' (the public
 code labels it with the source class; the paper means i').
 
-Work is split into shards of `generate.shard_size` jobs, each written atomically, so an
-interrupted run resumes at the first missing shard and ends equal to an uninterrupted one
+Work is split into shards of `generate.shard_size` jobs, each written atomically into a work
+folder beside the output, models/generate.partial/, so an interrupted run (Ctrl-C, a kill,
+a lost machine) resumes at the first missing shard and ends equal to an uninterrupted one
 (each image has its own seed, so its result does not depend on what else is in its batch).
-A fingerprint of everything the images depend on guards the resume: if params or inputs
-changed, the old shards are discarded. Under `accelerate launch` the shards are spread over
-the processes by index; plain `python -m ddb generate` runs them all in one process.
+Only when every shard is there is the work folder, with its manifest, renamed onto
+models/generate: the output is absent or complete, never half written, and a run after a
+complete one (`dvc repro --force`, changed deps) starts from scratch. A fingerprint of
+everything the images depend on (params, inputs, the pipeline's weights, this code) guards
+the resume: if any changed since the interruption, the old shards are discarded. Under
+`accelerate launch` the shards are spread over the processes by index; plain
+`python -m ddb generate` runs them all in one process.
 
 Writes models/generate/: shards/shard_NNNNN/{NNNNNN.png, shard.csv}, fingerprint.json and
 manifest.csv (Waterbirds columns img_filename (relative to models/generate), y = i',
@@ -31,7 +36,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +53,7 @@ from ddb.data.corpus import dilate
 from ddb.data.masks import load_mask
 from ddb.data.waterbirds import DataError, groups_of, load_image, read_metadata
 from ddb.models.diffusion import inpaint
-from ddb.models.inversion import prompt_token
+from ddb.models.inversion import load_learned_embeds, prompt_token
 from ddb.models.loaders import load_inpaint_pipeline
 from ddb.utils import atomic_path, sha256_file, write_json
 
@@ -80,14 +87,15 @@ def run(config: Config) -> None:
         jobs["donor_filename"] = donors.img_filename.to_numpy()
         jobs["donor_mask_filename"] = donors.mask_filename.to_numpy()
     fingerprint = job_fingerprint(config, jobs)
+    work = partial_dir(out)
     if state.is_main_process:
-        prepare_output(out, fingerprint)
+        prepare_output(work, fingerprint)
     state.wait_for_everyone()
     shards = [
         jobs[i : i + config.generate.shard_size]
         for i in range(0, len(jobs), config.generate.shard_size)
     ]
-    todo = [k for k in range(len(shards)) if not shard_dir(out, k).is_dir()]
+    todo = [k for k in range(len(shards)) if not shard_dir(work, k).is_dir()]
     mine = [k for k in todo if k % state.num_processes == state.process_index]
     log.info(
         "generate: %d images in %d shards; %d shards done, %d to do here",
@@ -101,17 +109,18 @@ def run(config: Config) -> None:
         if config.generate.method == "diffusion":
             pipe = load_pipeline(config, class_names, state.device)
         for k in tqdm(mine, desc="generate", unit="shard", disable=not state.is_local_main_process):
-            write_shard(pipe, shards[k], shard_dir(out, k), Path(config.data.root), config)
+            write_shard(pipe, shards[k], shard_dir(work, k), Path(config.data.root), config)
     state.wait_for_everyone()
     if state.is_main_process:
         manifest = pd.concat(
-            [pd.read_csv(shard_dir(out, k) / "shard.csv") for k in range(len(shards))]
+            [pd.read_csv(shard_dir(work, k) / "shard.csv") for k in range(len(shards))]
             or [pd.DataFrame(columns=MANIFEST_COLUMNS)]
         )
         places = metadata.set_index("img_filename").place
         manifest["place"] = places.loc[manifest.source_filename].to_numpy()
-        with atomic_path(out / "manifest.csv") as tmp:
-            manifest[MANIFEST_COLUMNS].to_csv(tmp, index=False)
+        manifest[MANIFEST_COLUMNS].to_csv(work / "manifest.csv", index=False)
+        with atomic_path(out) as tmp:  # the finished work folder becomes the output
+            os.replace(work, tmp)
         log.info("generate: wrote %d samples to %s", len(manifest), out / "manifest.csv")
 
 
@@ -174,8 +183,14 @@ def shard_name(k: int) -> str:
     return f"shards/shard_{k:05d}"
 
 
-def shard_dir(out: Path, k: int) -> Path:
-    return out / shard_name(k)
+def shard_dir(folder: Path, k: int) -> Path:
+    return folder / shard_name(k)
+
+
+def partial_dir(out: Path) -> Path:
+    """The work folder of an unfinished run: beside the output, not in it, so no later stage
+    ever reads a half-generated models/generate."""
+    return out.with_name(f"{out.name}.partial")
 
 
 def job_fingerprint(config: Config, jobs: pd.DataFrame) -> dict:
@@ -185,12 +200,37 @@ def job_fingerprint(config: Config, jobs: pd.DataFrame) -> dict:
         "generate": dataclasses.asdict(config.generate),
         "class_name": config.invert.class_name,
         "diffusion": config.models.diffusion,
+        # a local pipeline folder can be rebuilt under the same name (the foundation stage)
+        "diffusion_files": _hash_folder(Path(config.models.diffusion)),
+        # the code that makes the images (dvc.yaml's deps of generate): a fix since the
+        # interruption must not be mixed with shards of the old code
+        "code": _hash_code(),
         "data_root": config.data.root,
         "jobs": hashlib.sha256(jobs.to_csv(index=False).encode()).hexdigest(),
         "masks": _hash_files(paths.SEGMENT, sorted(set(jobs.mask_filename))),
         "sources": _hash_files(Path(config.data.root), sorted(set(jobs.source_filename))),
         "embeddings": {str(p): sha256_file(p) for p in embeds},
     }
+
+
+def _hash_folder(folder: Path) -> str | None:
+    """One hash of every file under a local folder; None for a hub id."""
+    if not folder.is_dir():
+        return None
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return _hash_files(folder, files)
+
+
+def _hash_code() -> str:
+    import ddb.data.masks
+    import ddb.models.diffusion
+    import ddb.models.inversion
+
+    modules = [sys.modules[__name__], ddb.models.diffusion, ddb.models.inversion, ddb.data.masks]
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
 
 
 def _hash_files(root: Path, names) -> str:
@@ -200,16 +240,29 @@ def _hash_files(root: Path, names) -> str:
     return digest.hexdigest()
 
 
-def prepare_output(out: Path, fingerprint: dict) -> None:
-    """Keep finished shards only if they were made under the same fingerprint."""
-    stamp = out / "fingerprint.json"
+def prepare_output(work: Path, fingerprint: dict) -> None:
+    """Keep the finished shards of an interrupted run only if they were made under the same
+    fingerprint; drop the temporary folders a killed process left (never a finished shard)."""
+    stamp = work / "fingerprint.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == fingerprint:
+        done = len(list((work / "shards").glob("shard_*")))
+        log.info("generate: resuming the interrupted run in %s (%d shards done)", work, done)
+        for folder in (work, work / "shards"):
+            remove_temporaries(folder)
         return
-    if out.exists():
-        log.info("generate: params or inputs changed; discarding %s", out)
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if work.exists():
+        log.info("generate: params, inputs or code changed; discarding %s", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     write_json(stamp, fingerprint)
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete the hidden temporary folders of atomic_path in `folder`: after SIGKILL (or a
+    power cut) nothing could remove them, and they must not end up in the output."""
+    if folder.is_dir():
+        for leftover in folder.glob(".*"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
 
 def load_pipeline(config: Config, class_names, device):
@@ -218,7 +271,7 @@ def load_pipeline(config: Config, class_names, device):
     pipe = load_inpaint_pipeline(config.models.diffusion, device, dtype)
     if config.invert.num_images > 0:  # else the no-inversion control: class words
         for name in class_names:
-            pipe.load_textual_inversion(str(paths.INVERT / name / "learned_embeds.safetensors"))
+            load_learned_embeds(pipe, paths.INVERT / name / "learned_embeds.safetensors")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -9,7 +9,8 @@ given with its `segment` mask: the token must explain the masked causal componen
 context (an image without a detection is given whole). Output: per class,
 models/invert/<class>/learned_embeds.safetensors in the diffusers format
 (`pipe.load_textual_inversion(path)` loads it into any Stable Diffusion pipeline), and
-summary.json with the inversion loss before and after training.
+summary.json with the inversion loss before and after training (no wall time: the
+summary is a DVC out and must be identical between two runs; the log has it).
 
 `invert.num_images: 0` is the no-inversion control: nothing is trained, and generate's
 prompts name the class word itself ("a photo of a waterbird bird").
@@ -85,9 +86,15 @@ def run(config: Config) -> None:
                 "whole_image_masks": int((~rows.detected).sum()),
                 "initial_loss": result.initial_loss,
                 "final_loss": result.final_loss,
-                "seconds": round(time.perf_counter() - start, 1),
             }
-            log.info("invert %s: loss %.4f -> %.4f", name, result.initial_loss, result.final_loss)
+            # the time only in the log: summary.json is a DVC out, bit-identical across runs
+            log.info(
+                "invert %s: loss %.4f -> %.4f in %.1f s",
+                name,
+                result.initial_loss,
+                result.final_loss,
+                time.perf_counter() - start,
+            )
         write_json(out / "summary.json", summary)
 
 
@@ -95,4 +102,4 @@ def inversion_mask(row, shape) -> np.ndarray:
     """The segment mask of an inversion image; the whole image where nothing was detected."""
     if not row.detected:
         return np.ones(shape, bool)
-    return load_mask(paths.SEGMENT / row.mask_filename)
+    return load_mask(paths.SEGMENT / row.mask_filename, shape)

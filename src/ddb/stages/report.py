@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 from ddb import paths  # noqa: E402
 from ddb.config import Config  # noqa: E402
 from ddb.data.waterbirds import groups_of  # noqa: E402
-from ddb.methods import METHODS as REGISTRY  # noqa: E402
+from ddb.methods import LABELS  # noqa: E402
 from ddb.utils import atomic_path, write_text  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # method -> (display name, uses train group labels, uses val group labels)
 METHODS = {
     "erm": ("ERM", "no", "yes (model selection)"),
-    **{name: (m.NAME, m.TRAIN_GROUPS, m.VAL_GROUPS) for name, m in REGISTRY.items()},
+    **LABELS,
     "ddb_no_prune": ("DDB without pruning", "no", "yes (model selection)"),
     "ddb": ("DDB", "no", "yes (model selection)"),
 }
@@ -101,7 +101,7 @@ def ddb_stages_markdown(summaries: dict) -> str:
             continue
         lines.append(
             f"- **invert** ({s['token']}): inversion loss {s['initial_loss']:.4f} -> "
-            f"{s['final_loss']:.4f} on {s['images']} images ({s['seconds']:.0f} s)."
+            f"{s['final_loss']:.4f} on {s['images']} images."
         )
     if "prune" in summaries:
         s = summaries["prune"]

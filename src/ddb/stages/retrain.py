@@ -14,6 +14,16 @@ selected by worst-group *validation* accuracy, as for every method.
 
 Two stages run this module: `retrain` on prune's kept samples (models/ddb, the `ddb` row) and
 `retrain_no_prune` on every generated sample (models/ddb_no_prune, the paper's ablation).
+
+An interrupted run restarts from scratch rather than resuming from an epoch checkpoint:
+training is seeded (retrain.seed) and deterministic on one machine, so a restart ends
+bit-identical to an uninterrupted run, whereas a resume is bit-identical only if it restores
+the model, optimizer, schedule and every random state (the shuffling generator, the global
+one of the augmentations) at the epoch boundary, state that a stale checkpoint could mix
+with changed params or inputs. Retraining is a few epochs from ERM's weights, a fraction of
+generate's cost, which is the stage that resumes. The output's temporary folder
+(models/.ddb.*) appears when training starts and becomes the output only at the end; a run
+killed outright leaves it behind, and the next run removes it.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from ddb.models.classifier import (
     train_transform,
 )
 from ddb.training import resolve_device, save_result, train_classifier
-from ddb.utils import atomic_path, seed_everything, write_json
+from ddb.utils import atomic_path, remove_stale_temporaries, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +72,23 @@ def retrain(config: Config, manifest_path: Path, out_dir: Path) -> None:
         root, split_table(table, "train"), paths.GENERATE, generated, size, cfg
     )
     val_set = ImageTable(root, split_table(table, "val"), eval_transform(size))
-    seed_everything(config.retrain.seed)
-    model = load_classifier(paths.ERM / "model.pt")
-    reset_head(model, groups.n_classes)
-    model.to(resolve_device(cfg.device))
-    result = train_classifier(
-        model,
-        train_set,
-        val_set,
-        cfg,
-        config.retrain.seed,
-        group_loss=subset_loss(config.retrain.gamma),
-        desc=out_dir.name,
-    )
-    counts = generated.y.value_counts().to_dict()
-    with atomic_path(out_dir) as out:
+    remove_stale_temporaries(out_dir)
+    with atomic_path(out_dir) as out:  # its temporary folder: the work in progress
+        out.mkdir()
+        seed_everything(config.retrain.seed)
+        model = load_classifier(paths.ERM / "model.pt")
+        reset_head(model, groups.n_classes)
+        model.to(resolve_device(cfg.device))
+        result = train_classifier(
+            model,
+            train_set,
+            val_set,
+            cfg,
+            config.retrain.seed,
+            group_loss=subset_loss(config.retrain.gamma),
+            desc=out_dir.name,
+        )
+        counts = generated.y.value_counts().to_dict()
         save_result(result, config.classifier.arch, groups.n_classes, out)
         write_json(
             out / "summary.json",

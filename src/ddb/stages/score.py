@@ -19,7 +19,16 @@ For a sample x' generated from source x (class i) as target i', with the ERM mod
   data, not the ERM model) when it was trained: a diagnostic of whether the sample looks like
   its new class; it is never used for pruning.
 Writes models/score/scores.csv (the manifest's columns plus the scores) and
-attributions.npy (float16 N×H×W, the maps, for the gallery).
+attributions.npy (float16 N×H×W, the maps, for the gallery), all at once at the end.
+
+An interrupted run restarts from scratch rather than resuming: the scores are a pure,
+deterministic function of the generated samples and the two classifiers, so a restart ends
+bit-identical to an uninterrupted run; it costs a few forward and backward passes per
+sample, a small fraction of generate's diffusion steps; and without a resume there is no
+partial state whose staleness (a changed model, manifest or param) would need guarding.
+The output's temporary folder (models/.score.*) appears when the work starts and becomes
+models/score only when every sample is scored; a run killed outright leaves it behind,
+and the next run removes it.
 """
 
 from __future__ import annotations
@@ -38,13 +47,24 @@ from ddb import paths
 from ddb.config import Config
 from ddb.data.waterbirds import load_image
 from ddb.models.classifier import eval_transform, load_classifier
-from ddb.utils import atomic_path
+from ddb.utils import atomic_path, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
 
 def run(config: Config) -> None:
     manifest = pd.read_csv(paths.GENERATE / "manifest.csv")
+    remove_stale_temporaries(paths.SCORE)
+    with atomic_path(paths.SCORE) as out:  # its temporary folder: the work in progress
+        out.mkdir()
+        table, attributions = score_manifest(manifest, config)
+        table.to_csv(out / "scores.csv", index=False)
+        np.save(out / "attributions.npy", attributions)
+    log.info("score: %d samples", len(table))
+
+
+def score_manifest(manifest: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, np.ndarray]:
+    """The manifest with every sample's scores, and the attribution maps (N×H×W float16)."""
     size = config.data.image_size
     erm = load_classifier(paths.ERM / "model.pt")
     independent_path = paths.BASELINES / "group_balanced" / "model.pt"
@@ -70,13 +90,9 @@ def run(config: Config) -> None:
         )
         maps.append(result.pop("attribution"))
         scores.append(pd.DataFrame(result, index=batch.index))
-    table = pd.concat([manifest, pd.concat(scores)], axis=1) if scores else manifest
-    with atomic_path(paths.SCORE) as out:
-        out.mkdir()
-        table.to_csv(out / "scores.csv", index=False)
-        empty = np.zeros((0, size, size), np.float16)
-        np.save(out / "attributions.npy", np.concatenate(maps) if maps else empty)
-    log.info("score: %d samples", len(table))
+    if not scores:
+        return manifest, np.zeros((0, size, size), np.float16)
+    return pd.concat([manifest, pd.concat(scores)], axis=1), np.concatenate(maps)
 
 
 def mask_transform(image_size: int):

@@ -20,35 +20,54 @@ threshold of prune's condition (a)).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import DataError, groups_of
-from ddb.utils import atomic_path, write_json
+from ddb.data.waterbirds import check_enough_images, groups_of
+from ddb.utils import StageError, atomic_path, check_writable, write_json
 
 log = logging.getLogger(__name__)
 
 
 def run(config: Config) -> None:
+    check_writable(paths.SELECT)
     outputs_path = paths.ERM / "train_outputs.csv"
-    outputs = pd.read_csv(outputs_path)
-    n_classes = groups_of(config.data).n_classes
-    selected = select_images(
-        outputs, n_classes, config.select.sources_per_class, config.invert.num_images
+    outputs = read_train_outputs(outputs_path)
+    class_names = groups_of(config.data).class_names
+    check_enough_images(
+        outputs.y.value_counts().to_dict(),
+        class_names,
+        config.select.sources_per_class,
+        config.invert.num_images,
+        where=str(outputs_path),
     )
-    for c in range(n_classes):
-        n = int(((selected.y == c) & (selected.role == "source")).sum())
-        if n == 0:
-            raise DataError(f"{outputs_path}: class {c} has no train image to select")
+    selected = select_images(
+        outputs, len(class_names), config.select.sources_per_class, config.invert.num_images
+    )
     summary = selection_summary(selected, groups_of(config.data).class_names)
     with atomic_path(paths.SELECT) as out:
         out.mkdir()
         selected.to_csv(out / "selected.csv", index=False)
         write_json(out / "summary.json", summary)
     log.info("select: %s", summary)
+
+
+def read_train_outputs(path: Path) -> pd.DataFrame:
+    """ERM's per-sample outputs, with the columns select reads."""
+    if not path.is_file():
+        raise StageError(f"{path}: not found; train ERM first (`dvc repro erm`)")
+    outputs = pd.read_csv(path)
+    missing = [c for c in ("img_filename", "y", "loss", "prob_0") if c not in outputs.columns]
+    if missing:
+        raise StageError(
+            f"{path}: missing column(s) {', '.join(missing)}, so it was not written by this "
+            "version of the erm stage; re-run it (`dvc repro -f erm`)"
+        )
+    return outputs
 
 
 def select_images(
