@@ -26,11 +26,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# Two pytest workers (pytest-xdist), one test file each at a time: the end-to-end tests are
+# mostly Python start-up and imports of their stage processes (one core each), so two of
+# them run side by side; the tiny project they share is built once (tests/conftest.py).
+PYTEST_WORKERS ?= 2
+
 test: setup lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/time_pipeline.py

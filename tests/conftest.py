@@ -20,6 +20,13 @@ from ddb.data.embedded import source_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist each worker, and every stage process it starts, computes on one thread:
+# two workers then fill two cores, where torch's default (a thread per core in every
+# process) would oversubscribe them. Set before torch is imported; a test that compares two
+# runs compares runs on the same thread count.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 needs_sources = pytest.mark.skipif(
     any(not path.is_file() for _, path in source_paths().values()),
     reason="the Debian image packages of the embedded benchmark are not installed (make setup)",
@@ -143,10 +150,37 @@ def copy_project(source: Path, destination: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
-    """The tiny profile reproduced once per test session: a git + DVC project on which
+    """The tiny profile reproduced once per test run: a git + DVC project on which
     `dvc repro` has run, everything committed. Shared and never changed: copy it with
-    `copy_project` before running anything that writes."""
-    root = tmp_path_factory.mktemp("tiny_project")
+    `copy_project` before running anything that writes.
+
+    Under pytest-xdist (`make test` runs two workers) the first worker to need it builds it
+    in the run's common temporary folder while the other waits on a file lock, so the
+    ~100 s `dvc repro` is paid once, not once per worker."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # plain pytest: one process
+        return build_tiny_project(tmp_path_factory.mktemp("tiny_project"))
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "tiny_project"
+    built = root.with_name("tiny_project.built")  # beside it: not a file of the project
+    with FileLock(f"{root}.lock"):
+        if not built.is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a worker that failed half-way
+            build_tiny_project(root)
+            built.touch()
+    return root
+
+
+def build_tiny_project(root: Path) -> Path:
+    make_tiny_project(root)
+    run_in(root, "dvc", "repro")
+    commit_all(root)
+    return root
+
+
+def make_tiny_project(root: Path) -> Path:
+    """A git + DVC project of the tiny profile in `root`, before any `dvc repro`."""
+    root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore", "src"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
@@ -160,6 +194,4 @@ def tiny_project(tmp_path_factory) -> Path:
     run_in(root, "git", "init", "-q")
     run_in(root, "dvc", "init", "-q")
     run_in(root, "dvc", "config", "core.analytics", "false")
-    run_in(root, "dvc", "repro")
-    commit_all(root)
     return root

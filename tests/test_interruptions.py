@@ -1,7 +1,7 @@
 """Interruptions and bit-for-bit reruns of the real pipeline (issue 12, parts 3 and 4).
 
-One copy of the reproduced tiny project goes through a chain of forced `dvc repro` runs, six
-of them killed for real (Ctrl-C's SIGINT, then SIGKILL, to the whole process group of `dvc`
+A fresh tiny project goes through a chain of forced `dvc repro` runs, six of them killed for
+real (Ctrl-C's SIGINT, then SIGKILL, to the whole process group of `dvc`
 and its stage) while `generate`, `score` and `retrain` are mid-work, each resumed by the next
 run. "Mid-work" is read from the stage's own process (a child of `dvc` running
 `python -m ddb <stage>`) and from its work appearing on disk: a shard of generate being
@@ -11,12 +11,16 @@ generate resumes from its finished shards; score and retrain restart from scratc
 module docstrings say why). After every kill, nothing half-written is where a later stage
 reads: each declared out is absent or byte-identical to the uninterrupted run's, and the
 killed stage's entry in dvc.lock is unchanged. At the end every stage has run to completion
-at least once more and every out's hash in dvc.lock equals the uninterrupted run's.
+and every out's hash in dvc.lock equals the uninterrupted run's: the session's `tiny_project`,
+which another pytest worker builds meanwhile (two projects in which every stage executes
+from scratch, which is what two `dvc repro --force` runs are; side by side, so that neither
+waits for the other's ~100 s of stage start-ups).
 """
 
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import os
 import re
 import signal
@@ -30,7 +34,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import copy_project, needs_sources, run_in
+from tests.conftest import make_tiny_project, needs_sources, run_in
 
 pytestmark = [pytest.mark.slow, needs_sources]
 
@@ -63,10 +67,13 @@ MID_WORK = {
 @dataclass
 class Chain:
     project: Path
-    pristine: Path
+    pristine: Path | None = None  # the uninterrupted run, once the chain has ended
     completed: set[str] = field(default_factory=set)  # stages that ran to the end
     problems: list[str] = field(default_factory=list)  # interruption properties broken
     outputs: list[str] = field(default_factory=list)
+    # (when, {out: digest}) of the outs present after each kill, compared with the
+    # uninterrupted run's at the end
+    present: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
 
 def _env() -> dict:
@@ -78,7 +85,8 @@ def _stages_run(out: str) -> list[str]:
 
 
 def _lock(project: Path) -> dict:
-    return yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    path = project / "dvc.lock"  # absent until the first stage of a fresh project ends
+    return yaml.safe_load(path.read_text())["stages"] if path.is_file() else {}
 
 
 def _stage_process(dvc: psutil.Process, stage: str) -> psutil.Process | None:
@@ -135,9 +143,22 @@ def _repro(chain: Chain, *args: str) -> str:
     return out
 
 
-def _declared_outs(project: Path) -> dict[str, list[str]]:
-    """Per stage of dvc.lock, the paths of its outs."""
-    return {name: [o["path"] for o in s.get("outs", [])] for name, s in _lock(project).items()}
+def _declared_outs(project: Path) -> list[str]:
+    """Every path dvc.yaml declares as an out, metric or plot of a stage."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    entries = [
+        e for s in stages.values() for k in ("outs", "metrics", "plots") for e in s.get(k, [])
+    ]
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+
+
+def _digest(path: Path) -> str:
+    """The bytes of a file, or of every file of a folder with its relative path."""
+    digest = hashlib.sha256()
+    for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path) if file != path else "").encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def _differs(a: Path, b: Path) -> bool:
@@ -158,10 +179,11 @@ def _temporaries(project: Path, outs) -> list[str]:
 def _check_after_kill(chain: Chain, stage: str, sig: signal.Signals, lock_before: dict) -> None:
     """Nothing half-written where a later stage reads, and nothing recorded for `stage`."""
     project, where = chain.project, f"after {sig.name} in {stage}"
-    outs = [o for paths in _declared_outs(chain.pristine).values() for o in paths]
-    for out in outs:  # absent, or the complete version (the uninterrupted run's, bit for bit)
-        if (project / out).exists() and _differs(project / out, chain.pristine / out):
-            chain.problems.append(f"{where}: {out} is neither absent nor complete")
+    outs = _declared_outs(project)
+    # absent, or the complete version: the uninterrupted run's, bit for bit (compared at the end)
+    chain.present.append(
+        (where, {out: _digest(project / out) for out in outs if (project / out).exists()})
+    )
     if (project / WORK_OUTS[stage]).exists():
         chain.problems.append(f"{where}: {WORK_OUTS[stage]} exists although {stage} never ended")
     if _lock(project).get(stage) != lock_before.get(stage):
@@ -184,9 +206,9 @@ def _check_after_kill(chain: Chain, stage: str, sig: signal.Signals, lock_before
 
 
 @pytest.fixture(scope="module")
-def chain(tiny_project, tmp_path_factory) -> Chain:
-    project = copy_project(tiny_project, tmp_path_factory.mktemp("interrupted") / "project")
-    chain = Chain(project, tiny_project)
+def chain(request, tmp_path_factory) -> Chain:
+    project = make_tiny_project(tmp_path_factory.mktemp("interrupted") / "project")
+    chain = Chain(project)
     # (args of `dvc repro`, the stage to kill, the signal); each run resumes the last one
     plan = [
         (["--force"], "generate", signal.SIGINT),
@@ -204,6 +226,11 @@ def chain(tiny_project, tmp_path_factory) -> Chain:
     never = [s for s in _lock(project) if s not in chain.completed and not _frozen(project, s)]
     if never:
         _repro(chain, "--force", "--single-item", *never)
+    chain.pristine = pristine = request.getfixturevalue("tiny_project")  # waits for it
+    for where, digests in chain.present:
+        for out, digest in digests.items():
+            if digest != _digest(pristine / out):
+                chain.problems.append(f"{where}: {out} is neither absent nor complete")
     return chain
 
 
@@ -216,7 +243,7 @@ def test_interrupted_runs_leave_nothing_half_written_and_resume(chain):
     assert not chain.problems, "\n".join(chain.problems)
     resumed = chain.outputs[2]  # generate after SIGKILL: the shard of the SIGINT run kept
     assert re.search(r"generate: \d+ images in 2 shards; 1 shards done, 1 to do", resumed), resumed
-    outs = [o for paths in _declared_outs(chain.project).values() for o in paths]
+    outs = _declared_outs(chain.project)
     assert not _temporaries(chain.project, outs), "the runs after SIGKILL left temporaries"
     assert not (chain.project / "models/generate.partial").exists()
     for metrics in ("reports/metrics.json", "reports/prune.json", "reports/foundation.json"):
