@@ -15,7 +15,7 @@ from PIL import Image
 
 from ddb import paths
 from ddb.config import PruneConfig
-from ddb.data.waterbirds import Groups, read_metadata
+from ddb.data.waterbirds import DataError, Groups, read_metadata
 from ddb.models.classifier import build_classifier, save_classifier
 from ddb.models.inversion import save_learned_embeds
 from ddb.stages import generate, prune, retrain, score, segment, select
@@ -137,6 +137,13 @@ def test_generate_labels_with_the_target_and_keeps_pixels_outside_the_mask(gener
         assert (sample[~mask] == source[~mask]).all()  # paste-back: exactly the source's
         changed_inside += int((sample[mask] != source[mask]).any())
     assert changed_inside == len(manifest)
+
+
+def test_generate_refuses_a_mask_of_another_size_than_its_source(generation_inputs):
+    Image.new("L", (16, 16), 255).save(paths.SEGMENT / "masks/00000.png")  # sources: 24 px
+    with pytest.raises(DataError, match=r"masks/00000\.png: mask is 16x16 .* image is 24x24"):
+        generate.run(generation_inputs)
+    assert not paths.GENERATE.exists()  # nothing published
 
 
 def test_generate_resumes_after_an_interruption_and_ends_equal(

@@ -284,10 +284,16 @@ def write_shard(pipe, jobs: pd.DataFrame, target: Path, root: Path, config: Conf
         for start in range(0, len(jobs), cfg.batch_size):
             batch = jobs.iloc[start : start + cfg.batch_size]
             images = [np.asarray(load_image(root / f)) for f in batch.source_filename]
-            masks = [load_mask(paths.SEGMENT / f) for f in batch.mask_filename]
+            masks = [  # each the size of its source, or a DataError naming the mask
+                load_mask(paths.SEGMENT / f, image.shape)
+                for f, image in zip(batch.mask_filename, images)
+            ]
             if cfg.method == "copy_paste":
                 donors = [np.asarray(load_image(root / f)) for f in batch.donor_filename]
-                donor_masks = [load_mask(root / f) for f in batch.donor_mask_filename]
+                donor_masks = [
+                    load_mask(root / f, donor.shape)
+                    for f, donor in zip(batch.donor_mask_filename, donors)
+                ]
                 generated = list(map(copy_paste, images, masks, donors, donor_masks))
             else:
                 generated = generate_batch(
