@@ -352,7 +352,8 @@ def test_generate_shards_split_by_process_index_add_up_to_one_run(
     segments = pd.read_csv(paths.SEGMENT / "segments.csv")
     jobs = generate.plan_jobs(segments, ("landbird", "waterbird"), config)
     work = generate.partial_dir(paths.GENERATE)
-    generate.prepare_output(work, generate.job_fingerprint(config, jobs))
+    n_shards = -(-len(jobs) // config.generate.shard_size)
+    generate.prepare_output(work, generate.job_fingerprint(config, jobs), n_shards)
     written = {}
     write_shard = generate.write_shard
     for index in (1, 0):  # the second process first: the main one writes the manifest

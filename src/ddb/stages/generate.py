@@ -55,7 +55,7 @@ from ddb.data.waterbirds import DataError, groups_of, load_image, read_metadata
 from ddb.models.diffusion import inpaint
 from ddb.models.inversion import load_learned_embeds, prompt_token
 from ddb.models.loaders import load_inpaint_pipeline
-from ddb.utils import atomic_path, sha256_file, write_json
+from ddb.utils import atomic_path, remove_stale_temporaries, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,13 @@ def run(config: Config) -> None:
         jobs["donor_mask_filename"] = donors.mask_filename.to_numpy()
     fingerprint = job_fingerprint(config, jobs)
     work = partial_dir(out)
-    if state.is_main_process:
-        prepare_output(work, fingerprint)
-    state.wait_for_everyone()
     shards = [
         jobs[i : i + config.generate.shard_size]
         for i in range(0, len(jobs), config.generate.shard_size)
     ]
+    if state.is_main_process:
+        prepare_output(work, fingerprint, len(shards))
+    state.wait_for_everyone()
     todo = [k for k in range(len(shards)) if not shard_dir(work, k).is_dir()]
     mine = [k for k in todo if k % state.num_processes == state.process_index]
     log.info(
@@ -240,29 +240,21 @@ def _hash_files(root: Path, names) -> str:
     return digest.hexdigest()
 
 
-def prepare_output(work: Path, fingerprint: dict) -> None:
+def prepare_output(work: Path, fingerprint: dict, n_shards: int) -> None:
     """Keep the finished shards of an interrupted run only if they were made under the same
     fingerprint; drop the temporary folders a killed process left (never a finished shard)."""
     stamp = work / "fingerprint.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == fingerprint:
         done = len(list((work / "shards").glob("shard_*")))
         log.info("generate: resuming the interrupted run in %s (%d shards done)", work, done)
-        for folder in (work, work / "shards"):
-            remove_temporaries(folder)
+        for k in range(n_shards):  # a shard's atomic_path folder, left by SIGKILL
+            remove_stale_temporaries(shard_dir(work, k))
         return
     if work.exists():
         log.info("generate: params, inputs or code changed; discarding %s", work)
         shutil.rmtree(work)
     work.mkdir(parents=True)
     write_json(stamp, fingerprint)
-
-
-def remove_temporaries(folder: Path) -> None:
-    """Delete the hidden temporary folders of atomic_path in `folder`: after SIGKILL (or a
-    power cut) nothing could remove them, and they must not end up in the output."""
-    if folder.is_dir():
-        for leftover in folder.glob(".*"):
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
 
 def load_pipeline(config: Config, class_names, device):
