@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddb import cli, paths
+from ddb import cli, paths, training
 from ddb.config import ConfigError, ModelsConfig
 from ddb.data import waterbirds
 from ddb.data.masks import load_mask
@@ -630,8 +630,7 @@ def test_dataset_too_small_stops_training_before_it_starts(
     def no_decoding(*args, **kwargs):
         raise AssertionError("every image was decoded (or a model trained) before the check")
 
-    for module in (erm_stage, baselines_stage):
-        monkeypatch.setattr(module, "check_images", no_decoding)
+    monkeypatch.setattr(training, "check_images", no_decoding)  # erm's and baselines' loader
     monkeypatch.setattr(baselines_stage, "method", no_decoding)  # no baseline can train
     params = tiny_params(root, select={"sources_per_class": 400}, invert={"num_images": 30})
     err = run_stage(stage, params, capsys)

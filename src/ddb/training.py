@@ -21,7 +21,14 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
 from ddb.config import ClassifierConfig, Config, ConfigError
-from ddb.data.waterbirds import ImageTable, split_table
+from ddb.data.waterbirds import (
+    Groups,
+    ImageTable,
+    check_enough_images,
+    check_images,
+    load_dataset,
+    split_table,
+)
 from ddb.metrics import worst_group_accuracy
 from ddb.models.classifier import (
     build_classifier,
@@ -32,6 +39,23 @@ from ddb.models.classifier import (
 from ddb.utils import seed_everything
 
 log = logging.getLogger(__name__)
+
+
+def load_training_data(config: Config) -> tuple[Path, pd.DataFrame, Groups]:
+    """data.root's dataset for a stage that trains on it (erm, baselines), checked before
+    any training: enough train images per class for DDB's select (else ERM and every
+    baseline would train before select found too few; DVC may run either stage first),
+    then every image decoded."""
+    root, table, groups = load_dataset(config.data, check=False)
+    check_enough_images(
+        split_table(table, "train")["y"].value_counts().to_dict(),
+        groups.class_names,
+        config.select.sources_per_class,
+        config.invert.num_images,
+        where=str(root / "metadata.csv"),
+    )
+    check_images(root, table)
+    return root, table, groups
 
 
 @dataclass

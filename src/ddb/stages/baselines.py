@@ -9,9 +9,8 @@ import logging
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import check_enough_images, check_images, load_dataset, split_table
 from ddb.methods import method
-from ddb.training import save_result
+from ddb.training import load_training_data, save_result
 from ddb.utils import atomic_path, check_writable
 
 log = logging.getLogger(__name__)
@@ -19,15 +18,7 @@ log = logging.getLogger(__name__)
 
 def run(config: Config) -> None:
     check_writable(paths.BASELINES)
-    root, table, groups = load_dataset(config.data, check=False)
-    check_enough_images(  # DVC may run baselines before erm: the same check, before training
-        split_table(table, "train")["y"].value_counts().to_dict(),
-        groups.class_names,
-        config.select.sources_per_class,
-        config.invert.num_images,
-        where=str(root / "metadata.csv"),
-    )
-    check_images(root, table)
+    root, table, groups = load_training_data(config)
     with atomic_path(paths.BASELINES) as out:
         out.mkdir()
         for name in config.baselines.methods:

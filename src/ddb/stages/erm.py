@@ -15,15 +15,9 @@ import pandas as pd
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import (
-    ImageTable,
-    check_enough_images,
-    check_images,
-    load_dataset,
-    split_table,
-)
+from ddb.data.waterbirds import ImageTable, split_table
 from ddb.models.classifier import eval_transform
-from ddb.training import fit_classifier, predict, save_result
+from ddb.training import fit_classifier, load_training_data, predict, save_result
 from ddb.utils import atomic_path, check_writable
 
 log = logging.getLogger(__name__)
@@ -32,16 +26,8 @@ log = logging.getLogger(__name__)
 def run(config: Config) -> None:
     # Everything that can be checked is, before the images are decoded and ERM trains.
     check_writable(paths.ERM)
-    root, table, groups = load_dataset(config.data, check=False)
+    root, table, groups = load_training_data(config)
     train = split_table(table, "train")
-    check_enough_images(  # DDB's select needs them; ERM and the baselines would train first
-        train["y"].value_counts().to_dict(),
-        groups.class_names,
-        config.select.sources_per_class,
-        config.invert.num_images,
-        where=str(root / "metadata.csv"),
-    )
-    check_images(root, table)
     result = fit_classifier(config, root, table, groups.n_classes, config.erm.seed)
     train_set = ImageTable(root, train, eval_transform(config.data.image_size))
     outputs = per_sample_outputs(result.model, train_set, train)
