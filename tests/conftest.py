@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from ddb.config import Config, load_config
+from ddb.config import Config, compose_params, load_config, params_text
 from ddb.data.embedded import source_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +110,15 @@ def tiny_config(root: Path | str = "data/prepared", **sections) -> Config:
     return dataclasses.replace(config, **sections)
 
 
+def indexed(config: Config) -> Config:
+    """Run the index stage on `config`'s data.root (in the working directory, as a stage
+    that reads the dataset needs), and return the config."""
+    from ddb.stages import index
+
+    index.run(config)
+    return config
+
+
 def load_config_text(text: str) -> Config:
     import tempfile
 
@@ -190,8 +199,20 @@ def make_tiny_project(root: Path) -> Path:
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
     (root / "reports").mkdir()
     shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
-    (root / "params.yaml").write_text(tiny_params())
+    write_tiny_conf(root / "conf")
+    (root / "params.yaml").write_text(params_text(compose_params(root / "conf")))
     run_in(root, "git", "init", "-q")
     run_in(root, "dvc", "init", "-q")
     run_in(root, "dvc", "config", "core.analytics", "false")
+    run_in(root, "dvc", "config", "hydra.enabled", "true")  # as the repo: -S composes conf/
     return root
+
+
+def write_tiny_conf(conf: Path) -> None:
+    """The repo's conf/ with the tiny profile's values in its config.yaml, so that DVC's
+    Hydra composition (`dvc exp run -S ...`) keeps them, as it keeps the repo's."""
+    shutil.copytree(REPO / "conf", conf)
+    values = yaml.safe_load((REPO / "conf/config.yaml").read_text())
+    for section, overrides in TINY_OVERRIDES.items():
+        values[section].update(overrides)
+    (conf / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))

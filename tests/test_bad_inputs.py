@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddb import cli, paths, training
+from ddb import cli, paths
 from ddb.config import ConfigError, ModelsConfig
 from ddb.data import waterbirds
 from ddb.data.masks import load_mask
@@ -188,7 +188,7 @@ METADATA_CASES = {
 def test_bad_metadata_names_the_row(case, earlier_run, waterbirds_folder, no_long_work, capsys):
     edit, names, fix = METADATA_CASES[case]
     edit_metadata(waterbirds_folder, edit)
-    err = run_stage("erm", tiny_params(waterbirds_folder), capsys)
+    err = run_stage("index", tiny_params(waterbirds_folder), capsys)
     assert f"{waterbirds_folder}/{names}" in err
     assert fix in err
     assert tree("models", "reports") == earlier_run
@@ -220,7 +220,7 @@ def test_evaluation_split_with_an_empty_group_is_an_error(
 ):
     # Its WGA would be undefined, or quietly computed over the other groups.
     edit_metadata(waterbirds_folder, edit)
-    err = run_stage("evaluate", tiny_params(waterbirds_folder), capsys)
+    err = run_stage("index", tiny_params(waterbirds_folder), capsys)
     assert f"{waterbirds_folder / 'metadata.csv'}: {names}" in err
     assert fix in err
     assert tree("models", "reports") == earlier_run
@@ -283,7 +283,7 @@ def test_broken_image_files_stop_erm_before_training(
     corrupt, problem = IMAGE_CASES[case]
     name = pd.read_csv(waterbirds_folder / "metadata.csv").img_filename[3]
     corrupt(waterbirds_folder / name)
-    err = run_stage("erm", tiny_params(waterbirds_folder), capsys)
+    err = run_stage("index", tiny_params(waterbirds_folder), capsys)
     assert f"{waterbirds_folder / name}: {problem}" in err
     assert f"{waterbirds_folder / 'metadata.csv'} row 5 (img_filename)" in err
     assert "replace it with a complete copy" in err and "or remove its row" in err
@@ -311,7 +311,7 @@ def test_mask_of_the_wrong_size_names_both_sizes(
         side = 16 if i == 6 else 24  # the images are 24 x 24
         Image.new("L", (side, side), 255).save(waterbirds_folder / name)
     table.to_csv(waterbirds_folder / "metadata.csv", index=False)
-    err = run_stage("erm", tiny_params(waterbirds_folder), capsys)
+    err = run_stage("index", tiny_params(waterbirds_folder), capsys)
     assert f"{waterbirds_folder / 'masks/006.png'}: mask is 16x16 but its image" in err
     assert "is 24x24" in err and "row 8 (mask_filename)" in err
     assert "rebuild the mask from the image" in err
@@ -627,14 +627,16 @@ def test_dataset_too_small_stops_training_before_it_starts(
         tmp_path / "small", {0: (36, 2, 2), 1: (4, 2, 2), 2: (4, 2, 2), 3: (36, 2, 2)}
     )
 
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("every image was decoded (or a model trained) before the check")
+    def no_training(*args, **kwargs):
+        raise AssertionError("a model trained before the check")
 
-    monkeypatch.setattr(training, "check_images", no_decoding)  # erm's and baselines' loader
-    monkeypatch.setattr(baselines_stage, "method", no_decoding)  # no baseline can train
+    monkeypatch.setattr(baselines_stage, "method", no_training)  # no baseline can train
     params = tiny_params(root, select={"sources_per_class": 400}, invert={"num_images": 30})
+    Path("params.yaml").write_text(params)
+    assert cli.main(["--params", "params.yaml", "index"]) == 0  # the index does not count
+    earlier_run = tree("models", "reports")
     err = run_stage(stage, params, capsys)
-    assert f"{root / 'metadata.csv'}: class landbird has 40 train images" in err
+    assert f"{paths.INDEX_TABLE}: class landbird has 40 train images" in err
     assert "select.sources_per_class (400) + invert.num_images (30) = 430" in err
     assert "lower select.sources_per_class to at most 10" in err
     assert "add train images of class landbird" in err

@@ -34,7 +34,7 @@ def test_corrupt_image_fails_before_training(tmp_path, waterbirds_folder):
     params.write_text(tiny_params(waterbirds_folder))
     victim = next(waterbirds_folder.glob("*/*.jpg"))
     victim.write_bytes(b"\x00garbage")
-    out = _ddb("--params", str(params), "erm", cwd=tmp_path)
+    out = _ddb("--params", str(params), "index", cwd=tmp_path)
     assert out.returncode == 2
     assert victim.name in out.stderr and "unreadable image" in out.stderr
     assert not (tmp_path / "models").exists()

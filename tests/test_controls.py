@@ -15,7 +15,7 @@ from ddb import paths
 from ddb.data.masks import load_mask
 from ddb.data.waterbirds import DataError
 from ddb.stages import generate, invert, report, segment
-from tests.conftest import tiny_config
+from tests.conftest import indexed, tiny_config
 from tests.test_ddb_stages import generation_inputs  # noqa: F401 (fixture)
 
 YELLOW, BROWN = (250, 250, 0), (120, 60, 0)  # the fixture's waterbird / landbird squares
@@ -58,6 +58,7 @@ def test_copy_paste_replaces_the_masked_object_and_keeps_the_rest():
 def test_generate_copy_paste_pastes_objects_of_the_target_class(generation_inputs):  # noqa: F811
     config = generation_inputs
     add_true_masks(Path(config.data.root))
+    indexed(config)  # the dataset changed: index it again, as DVC would
     config = dataclasses.replace(
         config, generate=dataclasses.replace(config.generate, method="copy_paste")
     )
@@ -98,7 +99,7 @@ def test_no_inversion_prompts_name_the_class_word(generation_inputs):  # noqa: F
 
 
 def test_invert_with_no_images_trains_nothing(in_tmp_repo, waterbirds_folder):
-    config = tiny_config(waterbirds_folder)
+    config = indexed(tiny_config(waterbirds_folder))
     config = dataclasses.replace(config, invert=dataclasses.replace(config.invert, num_images=0))
     paths.SEGMENT.mkdir(parents=True)
     pd.DataFrame(columns=["img_filename", "y", "role", "mask_filename", "detected"]).to_csv(
@@ -121,7 +122,7 @@ def _selected(root: Path) -> pd.DataFrame:
 
 def test_segment_truth_uses_the_datasets_masks(in_tmp_repo, waterbirds_folder):
     root = add_true_masks(waterbirds_folder)
-    config = tiny_config(root)
+    config = indexed(tiny_config(root))
     config = dataclasses.replace(
         config, segment=dataclasses.replace(config.segment, source="truth", dilate=0)
     )
@@ -137,7 +138,7 @@ def test_segment_truth_uses_the_datasets_masks(in_tmp_repo, waterbirds_folder):
 
 
 def test_segment_truth_without_masks_is_a_clear_error(in_tmp_repo, waterbirds_folder):
-    config = tiny_config(waterbirds_folder)
+    config = indexed(tiny_config(waterbirds_folder))
     config = dataclasses.replace(
         config, segment=dataclasses.replace(config.segment, source="truth")
     )

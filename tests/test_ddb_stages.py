@@ -19,7 +19,7 @@ from ddb.data.waterbirds import DataError, Groups, read_metadata
 from ddb.models.classifier import build_classifier, save_classifier
 from ddb.models.inversion import save_learned_embeds
 from ddb.stages import generate, prune, retrain, score, segment, select
-from tests.conftest import tiny_config
+from tests.conftest import indexed, tiny_config
 from tests.tiny_models import tiny_inpaint_pipeline
 
 # ---- select -------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def generation_inputs(in_tmp_repo: Path, waterbirds_folder: Path):
         save_learned_embeds(
             paths.INVERT / name / "learned_embeds.safetensors", f"<{name}>", torch.randn(1, 32)
         )
-    config = tiny_config(waterbirds_folder)
+    config = indexed(tiny_config(waterbirds_folder))
     return dataclasses.replace(
         config,
         models=dataclasses.replace(config.models, diffusion=str(pipe_dir)),
@@ -310,7 +310,7 @@ def test_augmented_set_carries_subset_ids_not_groups(waterbirds_folder, tmp_path
 def test_retrain_reads_no_group_label_of_generated_samples(in_tmp_repo, waterbirds_folder):
     """The manifest's place column is garbage here; retrain must not care, and must work
     when batches hold no generated sample (a single generated image, batch size 8)."""
-    config = tiny_config(waterbirds_folder)
+    config = indexed(tiny_config(waterbirds_folder))
     config = dataclasses.replace(config, retrain=dataclasses.replace(config.retrain, epochs=1))
     torch.manual_seed(0)
     save_classifier(build_classifier("resnet18", 2), "resnet18", 2, paths.ERM / "model.pt")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ddb import experiments
@@ -67,9 +69,12 @@ def test_paper_table_means_stds_published_figures_and_not_run_column():
         _exp(f"embedded-seed{s}", "t", {m: _metrics(v[s]) for m, v in wgas.items()})
         for s in range(3)
     ]
-    runs = experiments.paper_runs({"embedded": {}}, seeds=3)
+    runs = experiments.paper_runs(["embedded"], seeds=3)
     assert set(runs) == {"embedded-seed0", "embedded-seed1", "embedded-seed2"}
-    assert runs["embedded-seed2"][2] == dict.fromkeys(experiments.SEED_KEYS, 2)
+    assert runs["embedded-seed2"][2] == {
+        "dataset": "embedded",  # the profile: a Hydra group choice
+        **dict.fromkeys(experiments.SEED_KEYS, 2),
+    }
     results = experiments.collect_paper_results(experiments.experiments_by_name(_show(*exps)), runs)
     assert np.allclose(results["embedded"]["ddb"]["wga"], [60, 70, 65])
     missing = {"waterbirds": ["data/waterbird_complete95_forest2water2/metadata.csv"]}
@@ -91,7 +96,7 @@ def test_a_failed_seed_is_left_out_not_counted_as_zero():
         _exp("embedded-seed0", "t", {"ddb": _metrics(0.5)}),
         _exp("embedded-seed1", "t", None),  # failed: no metrics
     ]
-    runs = experiments.paper_runs({"embedded": {}}, seeds=2)
+    runs = experiments.paper_runs(["embedded"], seeds=2)
     results = experiments.collect_paper_results(experiments.experiments_by_name(_show(*exps)), runs)
     assert results["embedded"]["ddb"]["wga"] == [50.0]
 
@@ -111,60 +116,30 @@ def test_override_args_are_what_dvc_set_param_parses():
 
 
 def test_missing_requirements_names_data_and_checkpoints(tmp_path):
-    config = Config()
-    missing = experiments.missing_requirements(
-        config,
-        {"data.root": str(tmp_path / "nowhere"), "models.diffusion": "no-org/no-such-model"},
+    nowhere = tmp_path / "nowhere"
+    config = dataclasses.replace(
+        Config(),
+        data=dataclasses.replace(Config().data, root=str(nowhere)),
+        models=dataclasses.replace(Config().models, diffusion="no-org/no-such-model"),
     )
-    assert f"{tmp_path / 'nowhere'}/metadata.csv" in missing
-    assert "no-org/no-such-model (not in the Hugging Face cache)" in missing
+    missing = experiments.missing_requirements(config)
+    assert f"the dataset at data.root {nowhere}" in missing
+    assert "models.diffusion no-org/no-such-model (not in the Hugging Face cache)" in missing
+    assert not any("models.detector" in m for m in missing)  # clipseg: no LangSAM needed
     (tmp_path / "data").mkdir()
     (tmp_path / "data/metadata.csv").write_text("img_filename,y,split,place\n")
     diffusion, segmenter = tmp_path / "pipe", tmp_path / "seg"
     diffusion.mkdir(), segmenter.mkdir()
-    assert (
-        experiments.missing_requirements(
-            config,
-            {
-                "data.root": str(tmp_path / "data"),
-                "models.diffusion": str(diffusion),
-                "models.segmenter": str(segmenter),
-            },
-        )
-        == []
+    ready = dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, root=str(tmp_path / "data")),
+        models=dataclasses.replace(
+            config.models, diffusion=str(diffusion), segmenter=str(segmenter)
+        ),
     )
-
-
-def test_ablations_table_rows_and_not_run_rows():
-    prune = {
-        "generated": 700,
-        "kept": 350,
-        "per_target": {"waterbird": {"independent_acc_all": 0.3, "independent_acc_kept": 0.7}},
-    }
-    metrics = {
-        "erm": _metrics(0.24),
-        "group_balanced": _metrics(0.77),
-        "ddb_no_prune": _metrics(0.35),
-        "ddb": _metrics(0.60),
-    }
-    exps = [
-        _exp("ablation-ddb", "t", metrics, prune),
-        _exp("ablation-copy-paste", "t", {**metrics, "ddb": _metrics(0.55)}, prune),
-    ]
-    text = experiments.ablations_markdown(experiments.experiments_by_name(_show(*exps)))
-    rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + len(experiments.ABLATIONS)
-    copy_paste = next(r for r in rows if r.startswith("| copy-paste"))
-    assert "`generate.method=copy_paste`" in copy_paste
-    assert "| 55.0 [53.0, 57.0] |" in copy_paste and "| 35.0 |" in copy_paste
-    assert "| 700 | 350 | waterbird 30% / 70% |" in copy_paste
-    assert "not run" in next(r for r in rows if r.startswith("| no inversion"))
-    assert "ERM 24.0, Group-balanced ERM (oracle) 77.0." in text
-
-
-def test_ablations_table_without_intervals_as_dvc_exp_show_gives_them():
-    split = {"wga": 0.6, "mean_acc": 0.8, "adjusted_mean_acc": 0.7}  # exp show drops lists
-    bare = {"val": split, "test": split}
-    exps = [_exp("ablation-ddb", "t", {"erm": bare, "ddb_no_prune": bare, "ddb": bare}, {})]
-    text = experiments.ablations_markdown(experiments.experiments_by_name(_show(*exps)))
-    assert "| defaults | 60.0 | 60.0 |" in text
+    assert experiments.missing_requirements(ready) == []
+    langsam = dataclasses.replace(
+        ready, segment=dataclasses.replace(ready.segment, source="langsam")
+    )
+    needed = [m.split(" ")[0] for m in experiments.missing_requirements(langsam)]
+    assert needed == ["models.detector", "models.sam"]  # not in this (empty) HF cache

@@ -1,18 +1,29 @@
 """Textual inversion on the tiny inpainting pipeline: only the new row trains, the saved file
-loads through diffusers' own loader, the loss drops, and the seed fixes the result."""
+loads through diffusers' own loader, the loss drops, and the seed fixes the result; the
+invert stage on images of several sizes, as Waterbirds' JPEGs are."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
+from ddb import paths
+from ddb.config import Config
 from ddb.models.inversion import (
     TEMPLATES,
     inversion_prompts,
     save_learned_embeds,
     train_textual_inversion,
 )
+from ddb.stages import invert
+from tests.conftest import tiny_config
 from tests.tiny_models import tiny_inpaint_pipeline
 
 TOKEN = "<waterbird>"
@@ -133,3 +144,75 @@ def test_invalid_arguments_raise_before_touching_the_pipeline(change, message):
     with pytest.raises(ValueError, match=message):
         train_textual_inversion(pipe, **args)
     assert TOKEN not in pipe.tokenizer.get_vocab()
+
+
+# ---- the invert stage -----------------------------------------------------------------
+
+SIZES = [(500, 375), (333, 500), (375, 500), (500, 333)]  # width x height, as in Waterbirds
+
+
+def write_inversion_inputs(root: Path, pipe_dir: Path) -> Config:
+    """In the cwd (a project folder): an image folder whose JPEGs have SIZES, each with a
+    bird-like ellipse and its segment mask at the image's size (one without a detection),
+    models/segment/segments.csv naming two inversion images per class, and the tiny config
+    with models.diffusion = `pipe_dir`."""
+    rng = np.random.default_rng(0)
+    rows = []
+    (paths.SEGMENT / "masks").mkdir(parents=True)
+    for i in range(4):
+        y = i % 2
+        w, h = SIZES[i]
+        yy, xx = np.mgrid[:h, :w]
+        mask = ((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 5)) ** 2 < 1
+        image = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        image[mask] = (250, 250, 0) if y else (120, 60, 0)
+        name = f"{y:03d}.class/{i:04d}.jpg"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / name, quality=95)
+        mask_name = f"masks/{i:05d}.png"
+        Image.fromarray(mask.astype(np.uint8) * 255).save(paths.SEGMENT / mask_name)
+        rows.append(
+            {
+                "img_filename": name,
+                "y": y,
+                "role": "inversion",
+                "mask_filename": mask_name,
+                "detected": i != 3,
+            }
+        )
+    pd.DataFrame(rows).to_csv(paths.SEGMENT / "segments.csv", index=False)
+    config = tiny_config(root)
+    return dataclasses.replace(
+        config,
+        models=dataclasses.replace(config.models, diffusion=str(pipe_dir)),
+        invert=dataclasses.replace(config.invert, steps=2, batch_size=2, num_images=2),
+    )
+
+
+def test_invert_brings_images_of_several_sizes_to_the_model_resolution(in_tmp_repo, tmp_path):
+    pipe_dir = tmp_path / "inpaint"
+    tiny_inpaint_pipeline().save_pretrained(pipe_dir)
+    config = write_inversion_inputs(tmp_path / "images", pipe_dir)
+    invert.run(config)  # stopped at np.stack: "all input arrays must have the same shape"
+    summary = json.loads((paths.INVERT / "summary.json").read_text())
+    assert [s["images"] for s in summary.values()] == [2, 2]
+    assert summary["waterbird"]["whole_image_masks"] == 1
+    assert summary["landbird"]["model"] == "models.diffusion"
+    for name in ("landbird", "waterbird"):
+        assert (paths.INVERT / name / "learned_embeds.safetensors").is_file()
+        assert np.isfinite([summary[name]["initial_loss"], summary[name]["final_loss"]]).all()
+
+
+@pytest.mark.parametrize(("width", "height"), SIZES)
+def test_image_and_mask_get_the_same_resize_and_centre_crop(width, height):
+    yy, xx = np.mgrid[:height, :width]
+    mask = (abs(yy - height / 2) < height / 5) & (abs(xx - width / 3) < width / 8)
+    image = np.zeros((height, width, 3), np.uint8)
+    image[mask] = 255
+    square = invert.center_square(image, 64, Image.BICUBIC)
+    small = invert.center_square(mask.astype(np.uint8) * 255, 64, Image.NEAREST) > 127
+    assert square.shape == (64, 64, 3) and small.shape == (64, 64) and small.dtype == bool
+    assert 0.03 < small.mean() < 0.5  # the region survives the crop
+    inside, outside = square[small].mean(), square[~small].mean()
+    assert inside > 200 and outside < 40, (inside, outside)  # mask and image aligned
+    assert invert.center_square(square, 64, Image.BICUBIC) is square  # the right size: as is

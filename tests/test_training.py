@@ -12,7 +12,7 @@ from ddb.models.classifier import build_classifier, eval_transform, train_transf
 from ddb.stages import erm
 from ddb.training import predict, train_classifier
 from ddb.utils import seed_everything
-from tests.conftest import tiny_config
+from tests.conftest import indexed, tiny_config
 
 
 def test_group_balanced_weights_give_every_group_the_same_total():
@@ -84,7 +84,7 @@ def test_weights_reach_the_loss(waterbirds_folder, kind):
 
 
 def test_erm_stage_is_bit_for_bit_reproducible(in_tmp_repo, waterbirds_folder, monkeypatch):
-    config = tiny_config(waterbirds_folder)
+    config = indexed(tiny_config(waterbirds_folder))
     erm.run(config)
     first_outputs = (paths.ERM / "train_outputs.csv").read_text()
     first_state = torch.load(paths.ERM / "model.pt", weights_only=True)["state_dict"]
@@ -101,7 +101,7 @@ def test_erm_stage_is_bit_for_bit_reproducible(in_tmp_repo, waterbirds_folder, m
 
 
 def test_another_seed_gives_another_model(in_tmp_repo, waterbirds_folder):
-    config = tiny_config(waterbirds_folder)
+    config = indexed(tiny_config(waterbirds_folder))
     erm.run(config)
     first = torch.load(paths.ERM / "model.pt", weights_only=True)["state_dict"]["fc.weight"]
     erm.run(dataclasses.replace(config, erm=dataclasses.replace(config.erm, seed=1)))

@@ -13,6 +13,7 @@ ENTRY_POINTS = {"retrain_no_prune": ("retrain", "run_no_prune")}
 
 STAGES = {
     "prepare": "build the embedded benchmark into data/prepared",
+    "index": "read data.root's table once, hash every image (models/index)",
     "foundation": "train the small offline inpainting diffusion (models/foundation/inpaint)",
     "foundation_segmenter": "train the small offline CLIPSeg (models/foundation/clipseg)",
     "erm": "train the ERM classifier (models/erm)",
@@ -45,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         "sources", help="record the benchmark's source photographs (data/sources.json)"
     )
     commands.add_parser("check", help="validate params.yaml and the dataset, then exit")
+    params_command = commands.add_parser(
+        "params", help="compose conf/ into params.yaml (what `dvc exp run -S` does)"
+    )
+    params_command.add_argument(
+        "--check", action="store_true", help="only say whether params.yaml is conf/'s composition"
+    )
+    params_command.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. dataset=celeba prune.threshold=0.3"
+    )
     for name, help_text in (
         ("paper-table", "run every method x dataset x seed as DVC experiments; write the table"),
         ("ablations", "run the controls as DVC experiments; write reports/ablations.md"),
@@ -72,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sources":
             return record_sources()
+        if args.command == "params":
+            return write_params(args.params, args.overrides, args.check)
         config = load_config(args.params)
         if args.command == "check":
             from ddb.data.waterbirds import load_dataset
@@ -94,6 +106,32 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, SourcesError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def write_params(path: str, overrides: list[str], check: bool) -> int:
+    """Compose conf/ into params.yaml (for a plain `dvc repro` after editing conf/), or with
+    --check report whether params.yaml holds what conf/ composes to (CI runs it)."""
+    from pathlib import Path
+
+    import yaml
+
+    from ddb.config import Config, ConfigError, compose_params, from_dict, params_text
+    from ddb.utils import write_text
+
+    params = compose_params("conf", overrides)
+    from_dict(Config, params, prefix="").validate()  # known keys, valid values
+    if check:
+        current = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+        if current != params:
+            raise ConfigError(
+                f"{path}: not the composition of conf/ (edited by hand, or conf/ changed): "
+                "run `ddb params` to regenerate it, or move the edit into conf/"
+            )
+        print(f"{path} is conf/'s composition")
+        return 0
+    write_text(path, params_text(params))
+    print(f"wrote {path} from conf/ ({' '.join(overrides) or 'defaults'})")
     return 0
 
 

@@ -25,16 +25,54 @@ class ConfigError(ValueError):
     """A bad value in params.yaml; the message names the key and what to do."""
 
 
+DATA_FORMATS = ("auto", "waterbirds", "celeba", "metashift")
+
+
+@dataclass(frozen=True)
+class CelebaConfig:
+    """How a CelebA download becomes the (y, place) table (ddb.data.celeba)."""
+
+    target: str = "Blond_Hair"  # y: one of the 40 attributes (-1 -> 0, 1 -> 1)
+    spurious: str = "Male"  # place: another attribute
+    balance_train: bool = False  # subsample train to equal classes (the DDB code does)
+    seed: int = 0  # of that subsampling
+
+    def validate(self) -> None:
+        _require(
+            self.target != self.spurious,
+            "data.celeba.spurious",
+            f"must differ from data.celeba.target ({self.target})",
+        )
+
+
+@dataclass(frozen=True)
+class MetashiftConfig:
+    """How MetaShift's cat/dog folders become the table (ddb.data.metashift)."""
+
+    val_share: float = 0.15  # of the shelf images; the rest is test (the DDB/DISC split)
+    seed: int = 0  # the split's random_state (theirs: 0)
+
+    def validate(self) -> None:
+        _require(0 < self.val_share < 1, "data.metashift.val_share", "must be in (0, 1)")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Which Waterbirds-format folder the classifiers train on, and its group names."""
+    """Which dataset the classifiers train on (a folder as distributed), and its group names."""
 
+    profile: str = "embedded"  # the conf/dataset group these params were composed from
     root: str = "data/prepared"
+    format: str = "auto"  # auto (recognised from the files) | waterbirds | celeba | metashift
     class_names: list[str] = field(default_factory=lambda: ["landbird", "waterbird"])
     place_names: list[str] = field(default_factory=lambda: ["land", "water"])
     image_size: int = 64  # classifier input side, in pixels
+    celeba: CelebaConfig = field(default_factory=CelebaConfig)
+    metashift: MetashiftConfig = field(default_factory=MetashiftConfig)
 
     def validate(self) -> None:
+        _require_choice("data.format", self.format, DATA_FORMATS)
+        self.celeba.validate()
+        self.metashift.validate()
         _require(len(self.class_names) >= 2, "data.class_names", "needs at least 2 classes")
         _require(len(self.place_names) >= 1, "data.place_names", "needs at least 1 place")
         for key, names in (
@@ -106,13 +144,50 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """A method's own training recipe: the `classifier` keys it changes (None: the shared
+    value). The paper profiles give ERM, JTT, GroupDRO and retraining the recipes their
+    papers ran; the embedded profile leaves them empty, so the methods compare on one."""
+
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    schedule: str | None = None
+    augment: bool | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def applied_to(self, shared: ClassifierConfig) -> ClassifierConfig:
+        return dataclasses.replace(shared, **self.overrides())
+
+
+def with_recipe(config: Config, recipe: Recipe) -> Config:
+    """`config` with its classifier recipe changed by a method's `recipe`."""
+    return dataclasses.replace(config, classifier=recipe.applied_to(config.classifier))
+
+
+def _validate_recipe(key: str, recipe: Recipe, shared: ClassifierConfig) -> None:
+    """The merged recipe must be valid; a bad value is reported under the method's key."""
+    try:
+        recipe.applied_to(shared).validate()
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("'classifier.", f"'{key}.")) from None
+
+
+@dataclass(frozen=True)
 class ErmConfig:
     seed: int = 0  # reaches the erm stage only
+    recipe: Recipe = field(default_factory=Recipe)
 
 
 @dataclass(frozen=True)
 class GroupBalancedConfig:
     mode: str = "sampling"  # "sampling": group-balanced batches; "loss": 1/n_group loss weights
+    recipe: Recipe = field(default_factory=Recipe)
 
     def validate(self) -> None:
         _require_choice("baselines.group_balanced.mode", self.mode, ("sampling", "loss"))
@@ -122,6 +197,7 @@ class GroupBalancedConfig:
 class JttConfig:
     identification_epochs: int = 1  # T: epochs of the identification ERM model
     upweight: float = 20.0  # lambda: sampling weight of its errors
+    recipe: Recipe = field(default_factory=Recipe)
 
     def validate(self) -> None:
         _require(
@@ -134,6 +210,7 @@ class JttConfig:
 class GroupDroConfig:
     step_size: float = 0.01  # eta, of the group weights
     adjustment: float = 0.0  # C of the generalisation adjustment C / sqrt(n_g)
+    recipe: Recipe = field(default_factory=Recipe)
 
     def validate(self) -> None:
         _require(self.step_size > 0, "baselines.group_dro.step_size", "must be > 0")
@@ -190,18 +267,24 @@ class SegmentConfig:
     threshold: float = 0.5  # on the segmenter's per-pixel probability
     dilate: int = 2  # px added around the mask (covers the outline's fringe)
     mask_shape: str = "outline"  # outline: the mask itself | box: its bounding box
-    source: str = "clipseg"  # clipseg: models.segmenter | truth: the dataset's own masks (control)
+    # clipseg: models.segmenter | langsam: models.detector + models.sam (the paper's LangSAM)
+    # | truth: the dataset's own masks (control)
+    source: str = "clipseg"
     min_area: float = 0.01  # a mask below this share of the image counts as no detection
     batch_size: int = 64
+    box_threshold: float = 0.3  # langsam: GroundingDINO box score to keep a box (lang-sam's)
+    text_threshold: float = 0.25  # langsam: token score for a box's phrase label (lang-sam's)
 
     def validate(self) -> None:
         _require(self.prompt.strip() != "", "segment.prompt", "must name the causal component")
         _require(0 < self.threshold < 1, "segment.threshold", "must be in (0, 1)")
         _require(self.dilate >= 0, "segment.dilate", "must be >= 0")
         _require_choice("segment.mask_shape", self.mask_shape, ("outline", "box"))
-        _require_choice("segment.source", self.source, ("clipseg", "truth"))
+        _require_choice("segment.source", self.source, ("clipseg", "langsam", "truth"))
         _require(0 <= self.min_area < 1, "segment.min_area", "must be in [0, 1)")
         _require(self.batch_size >= 1, "segment.batch_size", "must be >= 1")
+        _require(0 < self.box_threshold < 1, "segment.box_threshold", "must be in (0, 1)")
+        _require(0 < self.text_threshold < 1, "segment.text_threshold", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -215,6 +298,7 @@ class InvertConfig:
     lr: float = 0.005
     batch_size: int = 8
     grad_accum: int = 1
+    scale_lr: bool = False  # diffusers' --scale_lr: the lr used is lr x batch_size x grad_accum
     seed: int = 0
     device: str = "auto"
 
@@ -270,12 +354,15 @@ class PruneConfig:
     psi: bool = True  # (a) drop if ERM's p(old class | x') >= Psi_i (mean over the sources)
     paired: bool = False  # (a') drop unless p(old class | x') <= p(old class | x) - delta
     delta: float = 0.1
-    attribution: bool = True  # (b) drop if the mask's attribution share < threshold
+    attribution: bool = True  # (b) drop if the mask's attribution measure < threshold
+    measure: str = "share"  # share: attr_score in [0, 1] | sum: the paper's rho = sum(M * IG)
     threshold: float = 0.6
 
     def validate(self) -> None:
         _require(0 <= self.delta <= 1, "prune.delta", "must be in [0, 1]")
-        _require(0 <= self.threshold <= 1, "prune.threshold", "must be in [0, 1]")
+        _require_choice("prune.measure", self.measure, ("share", "sum"))
+        if self.measure == "share":
+            _require(0 <= self.threshold <= 1, "prune.threshold", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -286,6 +373,7 @@ class RetrainConfig:
     epochs: int = 4
     gamma: list[float] = field(default_factory=lambda: [1.0, 1.0])  # per generated class
     seed: int = 0
+    recipe: Recipe = field(default_factory=Recipe)  # the other keys (lr, epochs: above)
 
     def validate(self) -> None:
         _require(self.lr > 0, "retrain.lr", "must be > 0")
@@ -304,38 +392,6 @@ class EvaluateConfig:
         _require(self.bootstrap >= 100, "evaluate.bootstrap", "must be >= 100")
 
 
-# The paper's setting on real data: 224 px, ImageNet ResNet-50, the real checkpoints.
-_PAPER_MODELS: dict[str, Any] = {
-    "data.image_size": 224,
-    "classifier.arch": "resnet50",
-    "classifier.pretrained": True,
-    "models.diffusion": "stabilityai/stable-diffusion-2-inpainting",
-    "models.segmenter": "CIDAS/clipseg-rd64-refined",
-}
-
-
-def _real_dataset(root: str, classes: list[str], places: list[str], part: str) -> dict[str, Any]:
-    """Overrides of a Waterbirds-format copy of a real dataset whose causal part is `part`."""
-    return {
-        "data.root": root,
-        "data.class_names": classes,
-        "data.place_names": places,
-        **_PAPER_MODELS,
-        "segment.prompt": part,
-        "invert.class_name": part,
-        "invert.initializer": part,
-    }
-
-
-# Columns of the paper table: dataset -> the params it overrides (as `dvc exp run -S`).
-PAPER_DATASETS: dict[str, dict[str, Any]] = {
-    "embedded": {},
-    "waterbirds": {"data.root": "data/waterbird_complete95_forest2water2", **_PAPER_MODELS},
-    "celeba": _real_dataset("data/celeba", ["non_blond", "blond"], ["female", "male"], "hair"),
-    "metashift": _real_dataset("data/metashift", ["cat", "dog"], ["indoor", "outdoor"], "animal"),
-}
-
-
 @dataclass(frozen=True)
 class ReportConfig:
     """`make paper-table` / `make ablations` (commands over DVC experiments, not stages)."""
@@ -343,9 +399,9 @@ class ReportConfig:
     # A seed sets erm.seed, baselines.seed, dfr.seed and retrain.seed: classifier training
     # (and, through ERM's losses, which sources DDB selects). Never the foundation models.
     seeds: int = 3
-    datasets: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {k: dict(v) for k, v in PAPER_DATASETS.items()}
-    )
+    datasets: list[str] = field(
+        default_factory=lambda: ["embedded", "waterbirds", "celeba", "metashift"]
+    )  # conf/dataset profiles, one paper-table column each
 
     def validate(self) -> None:
         _require(self.seeds >= 1, "report.seeds", "must be >= 1")
@@ -358,6 +414,11 @@ class ModelsConfig:
 
     diffusion: str = "models/foundation/inpaint"  # e.g. stabilityai/stable-diffusion-2-inpainting
     segmenter: str = "models/foundation/clipseg"  # e.g. CIDAS/clipseg-rd64-refined
+    detector: str = "IDEA-Research/grounding-dino-base"  # LangSAM's GroundingDINO (lang-sam's)
+    sam: str = "facebook/sam2.1-hiera-small"  # LangSAM's SAM 2.1 (lang-sam's sam2.1_hiera_small)
+    # the text-to-image pipeline invert trains the tokens on (the paper:
+    # stabilityai/stable-diffusion-2-base); "": masked inversion on models.diffusion itself
+    inversion: str = ""
 
 
 @dataclass(frozen=True)
@@ -479,6 +540,20 @@ class Config:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        recipes = {
+            "erm.recipe": self.erm.recipe,
+            "baselines.group_balanced.recipe": self.baselines.group_balanced.recipe,
+            "baselines.jtt.recipe": self.baselines.jtt.recipe,
+            "baselines.group_dro.recipe": self.baselines.group_dro.recipe,
+            "retrain.recipe": self.retrain.recipe,
+        }
+        for key, recipe in recipes.items():
+            _validate_recipe(key, recipe, self.classifier)
+        _require(
+            self.retrain.recipe.lr is None and self.retrain.recipe.epochs is None,
+            "retrain.recipe",
+            "sets lr or epochs; write them as retrain.lr and retrain.epochs",
+        )
         n_classes = len(self.data.class_names)
         _require(
             len(self.retrain.gamma) == n_classes,
@@ -500,6 +575,47 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     config = from_dict(Config, raw, prefix="")
     config.validate()
     return config
+
+
+PARAMS_HEADER = (
+    "# Generated from conf/ (conf/config.yaml + conf/dataset/{profile}.yaml) by DVC's Hydra\n"
+    "# composition: `dvc exp run -S ...` rewrites it, `ddb params` regenerates it. Edit conf/,\n"
+    "# where every key is explained; values here are what `dvc repro` runs.\n"
+)
+
+
+def compose_params(conf_dir: str | Path = "conf", overrides: list[str] | tuple = ()) -> dict:
+    """The params that DVC's Hydra composition writes for `dvc exp run -S <overrides>`:
+    conf/config.yaml with its `dataset` group (and any overrides), resolved, as a dict.
+    The same calls as dvc.utils.hydra.compose_and_dump, so `ddb params` agrees with DVC."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base=None):
+        composed = compose(config_name="config", overrides=list(overrides))
+    OmegaConf.resolve(composed)
+    return OmegaConf.to_container(composed)
+
+
+def profile_config(name: str, conf_dir: str | Path = "conf") -> Config:
+    """The validated Config of the conf/dataset profile `name` (what its runs will use)."""
+    if not (Path(conf_dir) / "dataset" / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in (Path(conf_dir) / "dataset").glob("*.yaml"))
+        raise ConfigError(
+            f"report.datasets: no profile '{name}' in {conf_dir}/dataset/ (known: "
+            f"{', '.join(known)})"
+        )
+    config = from_dict(Config, compose_params(conf_dir, [f"dataset={name}"]), prefix="")
+    config.validate()
+    return config
+
+
+def params_text(params: dict) -> str:
+    """params.yaml as `ddb params` writes it: a header, then the composed params in order."""
+    profile = params.get("data", {}).get("profile", "embedded")
+    return PARAMS_HEADER.format(profile=profile) + yaml.safe_dump(
+        params, sort_keys=False, default_flow_style=None, width=100
+    )
 
 
 def yaml_error_message(path: Path, text: str, err: yaml.YAMLError) -> str:

@@ -5,7 +5,8 @@ experiment, the queue runs one at a time (`dvc exp run --run-all -j 1`, in tempo
 of the repository, so the workspace is untouched and stages whose inputs did not change are
 restored from DVC's run cache), and the tables are built from `dvc exp show --json`.
 
-- paper table: every dataset of `report.datasets` x `report.seeds` seeds. A seed s sets
+- paper table: every dataset profile of `report.datasets` (conf/dataset/<name>.yaml: the
+  paper's whole recipe for that dataset, `-S dataset=<name>`) x `report.seeds` seeds. A seed s sets
   SEED_KEYS = s (classifier training: ERM, the baselines, DFR, DDB's retrain; through ERM's
   losses also which sources DDB selects). The foundation models are never retrained.
   A dataset whose data or checkpoints are missing is not run; its column says what is
@@ -80,38 +81,59 @@ def seed_overrides(seed: int) -> dict[str, Any]:
     return {key: seed for key in SEED_KEYS}
 
 
-def paper_runs(
-    datasets: dict[str, dict[str, Any]], seeds: int
-) -> dict[str, tuple[str, int, dict[str, Any]]]:
-    """Experiment name -> (dataset, seed, overrides) for each dataset and seed."""
+def paper_runs(datasets: list[str], seeds: int) -> dict[str, tuple[str, int, dict[str, Any]]]:
+    """Experiment name -> (dataset, seed, overrides) for each dataset profile and seed: the
+    profile is a Hydra group choice (`-S dataset=<name>`), composed by DVC from conf/."""
     runs = {}
-    for dataset, overrides in datasets.items():
+    for dataset in datasets:
         for seed in range(seeds):
-            runs[f"{dataset}-seed{seed}"] = (dataset, seed, {**overrides, **seed_overrides(seed)})
+            overrides = {"dataset": dataset, **seed_overrides(seed)}
+            runs[f"{dataset}-seed{seed}"] = (dataset, seed, overrides)
     return runs
 
 
-def missing_requirements(config: Config, overrides: dict[str, Any]) -> list[str]:
-    """What a dataset's runs need and this machine lacks (empty: it can run)."""
+def missing_requirements(config: Config) -> list[str]:
+    """What a profile's runs need and this machine lacks (empty: it can run): the dataset
+    folder in a format the adapters read, each checkpoint its stages load (as a folder or
+    in the Hugging Face cache), and the ImageNet weights in the torch cache."""
+    from ddb.data.formats import detect_format
+    from ddb.data.waterbirds import DataError
+
     missing = []
-    root = Path(str(overrides.get("data.root", config.data.root)))
-    if not (root / "metadata.csv").is_file() and root != paths.PREPARED:
-        missing.append(f"{root}/metadata.csv")  # the embedded benchmark is built by prepare
-    for key in ("models.diffusion", "models.segmenter"):
-        name = str(overrides.get(key, getattr(config.models, key.split(".")[1])))
+    root = Path(config.data.root)
+    if root != paths.PREPARED:  # the embedded benchmark is built by prepare
+        try:
+            detect_format(root)
+        except DataError:
+            missing.append(f"the dataset at data.root {root}")
+    for key, name in needed_checkpoints(config).items():
         if not Path(name).exists() and not in_hub_cache(name):
-            missing.append(f"{name} (not in the Hugging Face cache)")
-    if overrides.get("classifier.pretrained", config.classifier.pretrained):
+            missing.append(f"{key} {name} (not in the Hugging Face cache)")
+    if config.classifier.pretrained:
         import torch
 
         from ddb.models.classifier import ARCHITECTURES
 
-        arch = str(overrides.get("classifier.arch", config.classifier.arch))
-        _, weights = ARCHITECTURES[arch]  # the weights build_classifier loads
+        _, weights = ARCHITECTURES[config.classifier.arch]  # the weights build_classifier loads
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         if not cached.is_file():
-            missing.append(f"ImageNet {arch} weights ({cached})")
+            missing.append(f"ImageNet {config.classifier.arch} weights ({cached})")
     return missing
+
+
+def needed_checkpoints(config: Config) -> dict[str, str]:
+    """params key -> checkpoint, for each model the profile's stages load."""
+    needed = {}
+    if config.generate.method == "diffusion" or config.invert.num_images > 0:
+        needed["models.diffusion"] = config.models.diffusion
+    if config.models.inversion and config.invert.num_images > 0:
+        needed["models.inversion"] = config.models.inversion
+    if config.segment.source == "clipseg":
+        needed["models.segmenter"] = config.models.segmenter
+    elif config.segment.source == "langsam":
+        needed["models.detector"] = config.models.detector
+        needed["models.sam"] = config.models.sam
+    return needed
 
 
 def in_hub_cache(hub_id: str) -> bool:
@@ -125,7 +147,8 @@ def in_hub_cache(hub_id: str) -> bool:
 
 
 def override_args(overrides: dict[str, Any]) -> list[str]:
-    """`-S key=value` arguments; values in YAML flow style, which DVC's parser reads."""
+    """`-S key=value` arguments: Hydra overrides (DVC composes conf/ with them); lists and
+    booleans in their flow style."""
     args = []
     for key, value in overrides.items():
         text = json.dumps(value) if isinstance(value, bool | list) else str(value)
@@ -435,13 +458,14 @@ def _pct(value) -> str:
 
 
 def paper_table(config: Config, collect_only: bool = False) -> str:
+    from ddb.config import profile_config
     from ddb.utils import write_text
 
     datasets = config.report.datasets
-    missing = {d: m for d, o in datasets.items() if (m := missing_requirements(config, o))}
+    missing = {d: m for d in datasets if (m := missing_requirements(profile_config(d)))}
     for dataset, what in missing.items():
         log.warning("%s: not run, missing %s", dataset, "; ".join(what))
-    runs = paper_runs({d: o for d, o in datasets.items() if d not in missing}, config.report.seeds)
+    runs = paper_runs([d for d in datasets if d not in missing], config.report.seeds)
     if not collect_only:
         run_queue({name: overrides for name, (_, _, overrides) in runs.items()})
     results = collect_paper_results(experiments_by_name(exp_show()), runs)

@@ -5,6 +5,9 @@ from pathlib import Path
 SOURCES = Path("data/sources.json")
 PREPARED = Path("data/prepared")
 MODELS = Path("models")
+INDEX = MODELS / "index"  # the dataset's table, with a hash of every image it lists
+INDEX_TABLE = INDEX / "table.csv"
+INDEX_SUMMARY = INDEX / "summary.json"
 FOUNDATION = MODELS / "foundation"
 INPAINT = FOUNDATION / "inpaint"
 CLIPSEG = FOUNDATION / "clipseg"

@@ -20,13 +20,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
+from ddb import paths
 from ddb.config import ClassifierConfig, Config, ConfigError
 from ddb.data.waterbirds import (
     Groups,
     ImageTable,
     check_enough_images,
-    check_images,
-    load_dataset,
+    load_indexed,
     split_table,
 )
 from ddb.metrics import worst_group_accuracy
@@ -42,19 +42,18 @@ log = logging.getLogger(__name__)
 
 
 def load_training_data(config: Config) -> tuple[Path, pd.DataFrame, Groups]:
-    """data.root's dataset for a stage that trains on it (erm, baselines), checked before
-    any training: enough train images per class for DDB's select (else ERM and every
-    baseline would train before select found too few; DVC may run either stage first),
-    then every image decoded."""
-    root, table, groups = load_dataset(config.data, check=False)
+    """data.root's dataset (as the index stage read and decoded it) for a stage that trains
+    on it (erm, baselines), checked before any training: enough train images per class for
+    DDB's select (else ERM and every baseline would train before select found too few; DVC
+    may run either stage first)."""
+    root, table, groups = load_indexed(config.data)
     check_enough_images(
         split_table(table, "train")["y"].value_counts().to_dict(),
         groups.class_names,
         config.select.sources_per_class,
         config.invert.num_images,
-        where=str(root / "metadata.csv"),
+        where=str(paths.INDEX_TABLE),  # the table of data.root that the stage read
     )
-    check_images(root, table)
     return root, table, groups
 
 

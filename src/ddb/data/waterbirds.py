@@ -9,6 +9,8 @@ nowhere else: group = y * n_places + place.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -81,6 +83,12 @@ def read_metadata(root: str | Path, groups: Groups) -> pd.DataFrame:
             f"{path}: missing column(s) {', '.join(missing)}; "
             f"a Waterbirds-format metadata.csv needs {', '.join(REQUIRED_COLUMNS)}"
         )
+    return validate_table(path, table, groups)
+
+
+def validate_table(path: Path, table: pd.DataFrame, groups: Groups) -> pd.DataFrame:
+    """Check a Waterbirds-style table (read from `path`, or built from it by an adapter);
+    returns it with int codes and a `group` column. Messages name `path` and its rows."""
     if table.empty:
         raise DataError(f"{path}: has no rows")
     _check_filenames(path, table)
@@ -392,14 +400,58 @@ def split_table(table: pd.DataFrame, split: str) -> pd.DataFrame:
     return table[table["split"] == SPLITS[split]].reset_index(drop=True)
 
 
-def load_dataset(data_cfg, check: bool = True) -> tuple[Path, pd.DataFrame, Groups]:
-    """(root, validated metadata, groups) for the folder that `data.root` names."""
+def read_dataset(data_cfg) -> pd.DataFrame:
+    """The validated table of the dataset at `data.root`, in whichever distributed format it
+    is (data.format; auto: recognised from its files): Waterbirds' metadata.csv as it is,
+    CelebA and MetaShift through their adapters. No image is read or copied."""
+    from ddb.data import formats
+
     groups = groups_of(data_cfg)
     root = Path(data_cfg.root)
-    table = read_metadata(root, groups)
+    fmt = formats.detect_format(root) if data_cfg.format == "auto" else data_cfg.format
+    if fmt == "waterbirds":
+        return read_metadata(root, groups)
+    raw = formats.read_raw_table(
+        root,
+        fmt,
+        celeba=dataclasses.asdict(data_cfg.celeba),
+        metashift=dataclasses.asdict(data_cfg.metashift),
+    )
+    return validate_table(root, raw, groups)
+
+
+def load_dataset(data_cfg, check: bool = True) -> tuple[Path, pd.DataFrame, Groups]:
+    """(root, validated table, groups) for the dataset that `data.root` names, read from
+    its own files (the index stage; `ddb check`). Stages read the index instead."""
+    groups = groups_of(data_cfg)
+    root = Path(data_cfg.root)
+    table = read_dataset(data_cfg)
     if check:
         check_images(root, table)
     return root, table, groups
+
+
+def load_indexed(data_cfg) -> tuple[Path, pd.DataFrame, Groups]:
+    """(root, table, groups) as the index stage recorded them (models/index): what every
+    stage that reads images uses, so that the dataset's own files are parsed once and DVC
+    walks data.root once (see ddb.stages.index). Refuses an index of another data.root."""
+    from ddb import paths
+
+    groups = groups_of(data_cfg)
+    root = Path(data_cfg.root)
+    if not paths.INDEX_TABLE.is_file() or not paths.INDEX_SUMMARY.is_file():
+        raise DataError(
+            f"{paths.INDEX_TABLE}: not found; the index stage writes it from data.root "
+            "(`dvc repro index`, or `python -m ddb index`)"
+        )
+    recorded = json.loads(paths.INDEX_SUMMARY.read_text())["root"]
+    if Path(recorded) != root:
+        raise DataError(
+            f"{paths.INDEX_TABLE}: indexes {recorded}, but data.root is {root}; re-run the "
+            "index stage (`dvc repro index`, or `python -m ddb index`)"
+        )
+    table = pd.read_csv(paths.INDEX_TABLE, keep_default_na=False, na_values=[""])
+    return root, validate_table(paths.INDEX_TABLE, table, groups), groups
 
 
 def groups_of(data_cfg) -> Groups:

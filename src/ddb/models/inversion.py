@@ -1,12 +1,18 @@
-"""Textual inversion of one new token on a Stable Diffusion *inpainting* pipeline (DDB step 3).
+"""Textual inversion of one new token on a Stable Diffusion pipeline (DDB step 3).
 
 DDB learns, per class, a token for the class's causal component ("<waterbird>", initialised
 from "bird") and later inpaints that component into majority images of the other class. The
-objective is that of diffusers' `textual_inversion.py` example, adapted to the 9-channel UNet:
-each sample is the image's latents noised at a random timestep, the mask of the region the
-token must explain, and the latents of the image with that region blanked, exactly the
-inputs `StableDiffusionInpaintPipeline` gives the UNet at generation time. Only the new row
-of the text encoder's input embeddings trains; every other row is restored after each step.
+objective is that of diffusers' `textual_inversion.py` example: the MSE of the UNet's noise
+prediction over the whole latent of the image noised at a random timestep. Two forms, chosen
+by the pipeline's UNet:
+- a text-to-image UNet (4 input channels, `stabilityai/stable-diffusion-2-base`, the paper's
+  choice): plain textual inversion on the whole image, no mask;
+- an inpainting UNet (9 channels): the UNet also gets the mask of the region the token must
+  explain and the latents of the image with that region blanked, exactly the inputs
+  `StableDiffusionInpaintPipeline` gives it at generation time.
+Only the new row of the text encoder's input embeddings trains; every other row is restored
+after each step. Both pipelines write the same diffusers file, which
+`load_textual_inversion` loads into any SD pipeline with the same text encoder.
 """
 
 from __future__ import annotations
@@ -78,33 +84,69 @@ class InversionResult:
 
 
 @dataclass
+class ImageLatents:
+    """A text-to-image UNet's input, precomputed once (the VAE is frozen): the latents."""
+
+    latents: torch.Tensor  # N x C x h x w, scaled by the VAE's scaling_factor
+
+    def unet_input(self, noisy: torch.Tensor, index) -> torch.Tensor:
+        return noisy
+
+    def head(self, n: int) -> ImageLatents:
+        return ImageLatents(self.latents[:n])
+
+
+@dataclass
 class InpaintingLatents:
-    """The UNet's conditioning inputs, precomputed once: the VAE is frozen."""
+    """The inpainting UNet's conditioning inputs, precomputed once: the VAE is frozen."""
 
     latents: torch.Tensor  # N x C x h x w, scaled by the VAE's scaling_factor
     masked: torch.Tensor  # N x C x h x w, latents of image * (mask < 0.5)
     masks: torch.Tensor  # N x 1 x h x w, the mask at latent size (1 = the token's region)
 
+    def unet_input(self, noisy: torch.Tensor, index) -> torch.Tensor:
+        return torch.cat([noisy, self.masks[index], self.masked[index]], 1)
+
+    def head(self, n: int) -> InpaintingLatents:
+        return InpaintingLatents(self.latents[:n], self.masked[:n], self.masks[:n])
+
+
+def is_inpainting(pipe) -> bool:
+    """True for a 9-channel inpainting UNet (latents + mask + masked latents), False for a
+    text-to-image one (latents only)."""
+    latent = pipe.vae.config.latent_channels
+    channels = pipe.unet.config.in_channels
+    if channels not in (latent, 2 * latent + 1):
+        raise ValueError(
+            f"the UNet takes {channels} input channels; textual inversion needs a text-to-image "
+            f"UNet ({latent}: the latents) or an inpainting one ({2 * latent + 1})"
+        )
+    return channels == 2 * latent + 1
+
 
 @torch.no_grad()
-def encode_inpainting_latents(
-    pipe, images: np.ndarray, masks: np.ndarray, generator: torch.Generator, device
-) -> InpaintingLatents:
+def encode_latents(
+    pipe, images: np.ndarray, masks: np.ndarray | None, generator: torch.Generator, device
+) -> ImageLatents | InpaintingLatents:
     """Latents as the pipeline builds them: one posterior *sample* per image (the pipeline
-    samples at generation time and `train_inpainting` samples in training, so the UNet has
-    only seen sampled latents), drawn once since re-encoding every step would dominate the
-    cost; the mask binarised and shrunk with nearest-neighbour interpolation."""
+    samples at generation time, and the diffusers example and `train_inpainting` sample in
+    training), drawn once since re-encoding every step would dominate the cost. With `masks`
+    (an inpainting UNet) also the masked image's latents and the mask, binarised and shrunk
+    with nearest-neighbour interpolation."""
     vae = pipe.vae
     scale = vae.config.scaling_factor
     latents, masked, small = [], [], []
     for start in range(0, len(images), ENCODE_CHUNK):
         x = to_unit(images[start : start + ENCODE_CHUNK], device).to(vae.dtype)
-        m = torch.from_numpy(masks[start : start + ENCODE_CHUNK]).to(device)[:, None].float()
         z = vae.encode(x).latent_dist.sample(generator).float() * scale
-        zm = vae.encode(x * (m < 0.5)).latent_dist.sample(generator).float() * scale
         latents.append(z)
-        masked.append(zm)
-        small.append(F.interpolate(m, size=z.shape[-2:]))
+        if masks is not None:
+            m = torch.from_numpy(masks[start : start + ENCODE_CHUNK]).to(device)[:, None].float()
+            zm = vae.encode(x * (m < 0.5)).latent_dist.sample(generator).float() * scale
+            masked.append(zm)
+            small.append(F.interpolate(m, size=z.shape[-2:]))
+    if masks is None:
+        return ImageLatents(torch.cat(latents))
     return InpaintingLatents(torch.cat(latents), torch.cat(masked), torch.cat(small))
 
 
@@ -118,13 +160,12 @@ def _target(scheduler: DDPMScheduler, latents, noise, t) -> torch.Tensor:
     raise ValueError(f"unsupported prediction_type '{kind}'")
 
 
-def _denoising_loss(
-    pipe, scheduler, data: InpaintingLatents, index, prompts, noise, t, device
-) -> torch.Tensor:
-    """MSE of the UNet's prediction over the whole latent, for samples `index`."""
+def _denoising_loss(pipe, scheduler, data, index, prompts, noise, t, device) -> torch.Tensor:
+    """MSE of the UNet's prediction over the whole latent, for samples `index` (the
+    diffusers example's loss; the mean over the batch's elements)."""
     latents = data.latents[index]
     noisy = scheduler.add_noise(latents, noise, t)
-    x = torch.cat([noisy, data.masks[index], data.masked[index]], 1)
+    x = data.unet_input(noisy, index)
     unet = pipe.unet
     with _autocast(device):
         text = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, device)
@@ -135,7 +176,7 @@ def _denoising_loss(
 @torch.no_grad()
 def inversion_eval_loss(
     pipe,
-    data: InpaintingLatents,
+    data: ImageLatents | InpaintingLatents,
     prompt: str,
     seed: int,
     device="cpu",
@@ -165,12 +206,72 @@ def inversion_eval_loss(
     return total / (n * k)
 
 
-def _validate(images, masks, class_name, steps, batch_size, grad_accum) -> None:
+@dataclass
+class StepSamples:
+    """Everything random in one optimizer step, drawn at once for its whole effective batch
+    (batch_size x grad_accum), so that how the step is split into micro-batches changes
+    nothing but memory: batch 1 x accumulation 4 is batch 4 x accumulation 1."""
+
+    index: torch.Tensor  # which latents (i + n: image i flipped)
+    prompts: list[str]
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+
+def draw_step(
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    n_images: int,
+    prompts: list[str],
+    count: int,
+    data,
+    n_train: int,
+    device,
+) -> StepSamples:
+    """`count` samples: a random image, flipped or not, a random template, noise and a
+    timestep."""
+    index = rng.integers(0, n_images, count) + n_images * rng.integers(0, 2, count)
+    chosen = [prompts[j] for j in rng.integers(0, len(prompts), count)]
+    shape = (count, *data.latents.shape[1:])
+    noise = torch.randn(shape, generator=generator, device=device)
+    t = torch.randint(0, n_train, (count,), generator=generator, device=device)
+    return StepSamples(torch.from_numpy(index).to(device), chosen, noise, t)
+
+
+def accumulate_gradient(
+    pipe, scheduler, data, samples: StepSamples, batch_size: int, device
+) -> float:
+    """Backpropagate the step's loss in micro-batches of `batch_size`, each weighted by its
+    share of the samples, so that the gradients add up to that of the mean loss over all
+    of them (gradient accumulation). Returns that mean loss."""
+    total = len(samples.index)
+    mean_loss = 0.0
+    for start in range(0, total, batch_size):
+        rows = slice(start, start + batch_size)
+        share = len(samples.index[rows]) / total
+        loss = _denoising_loss(
+            pipe, scheduler, data, samples.index[rows], samples.prompts[rows],
+            samples.noise[rows], samples.timesteps[rows], device,
+        )  # fmt: skip
+        (loss * share).backward()
+        mean_loss += loss.item() * share
+    return mean_loss
+
+
+def _validate(pipe, images, masks, class_name, steps, batch_size, grad_accum) -> None:
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be B x H x W x 3, got shape {images.shape}")
     if len(images) == 0:
         raise ValueError("no images to learn the token from")
-    if masks.shape != images.shape[:3]:
+    inpainting = is_inpainting(pipe)
+    if inpainting and masks is None:
+        raise ValueError("an inpainting UNet needs a mask per image (all True: the whole image)")
+    if not inpainting and masks is not None:
+        raise ValueError(
+            "a text-to-image UNet takes no mask: plain textual inversion learns from the whole "
+            "image; pass masks=None"
+        )
+    if masks is not None and masks.shape != images.shape[:3]:
         raise ValueError(f"masks {masks.shape} do not match images {images.shape[:3]}")
     if not class_name.strip():
         raise ValueError("class_name is empty; give the causal component's noun, e.g. 'bird'")
@@ -197,7 +298,7 @@ def _freeze_all_but_embeddings(pipe) -> torch.nn.Parameter:
 def train_textual_inversion(
     pipe,
     images: np.ndarray,
-    masks: np.ndarray,
+    masks: np.ndarray | None,
     token: str,
     initializer: str,
     class_name: str,
@@ -209,15 +310,20 @@ def train_textual_inversion(
     device="cpu",
     weight_decay: float = 1e-2,
 ) -> InversionResult:
-    """Learn `token`'s embedding from images whose `masks` (True = the token's region, all
-    True = the whole image) mark the causal component, and leave it in `pipe`.
+    """Learn `token`'s embedding from `images` and leave it in `pipe`.
+
+    On an inpainting pipeline `masks` (True = the token's region, all True = the whole
+    image) mark the causal component; on a text-to-image pipeline `masks` is None and the
+    token explains the whole image (plain textual inversion, the paper's setting).
 
     AdamW at a constant lr on the embedding matrix, `grad_accum` micro-batches of
-    `batch_size` per step; random horizontal flips of image and mask together and a random
-    template per sample. The same seed gives the same embedding (on CPU).
+    `batch_size` per step (the gradient of the mean loss over all of them); random
+    horizontal flips (of image and mask together) and a random template per sample. The
+    same seed gives the same embedding (on CPU).
     """
-    images, masks = np.asarray(images), np.asarray(masks, bool)
-    _validate(images, masks, class_name, steps, batch_size, grad_accum)
+    images = np.asarray(images)
+    masks = None if masks is None else np.asarray(masks, bool)
+    _validate(pipe, images, masks, class_name, steps, batch_size, grad_accum)
     (token_id,) = add_placeholder_tokens(pipe.tokenizer, pipe.text_encoder, [token], initializer)
     pipe.to(device)
     weight = _freeze_all_but_embeddings(pipe)
@@ -228,39 +334,27 @@ def train_textual_inversion(
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device).manual_seed(seed)
     both = np.concatenate([images, images[:, :, ::-1]])  # index i + n is image i flipped
-    both_masks = np.concatenate([masks, masks[:, :, ::-1]])
-    data = encode_inpainting_latents(pipe, both, both_masks, generator, device)
+    both_masks = None if masks is None else np.concatenate([masks, masks[:, :, ::-1]])
+    data = encode_latents(pipe, both, both_masks, generator, device)
     n = len(images)
-    unflipped = InpaintingLatents(data.latents[:n], data.masked[:n], data.masks[:n])
     prompts = inversion_prompts(token, class_name)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     n_train = scheduler.config.num_train_timesteps
 
-    eval_loss = lambda: inversion_eval_loss(pipe, unflipped, prompts[0], seed, device)  # noqa: E731
+    eval_loss = lambda: inversion_eval_loss(pipe, data.head(n), prompts[0], seed, device)  # noqa: E731
     initial_loss = eval_loss()
     optimizer = torch.optim.AdamW([weight], lr=lr, weight_decay=weight_decay)
     losses = []
     try:
         for _ in (bar := tqdm(range(steps), desc=f"invert {token}", unit="step")):
-            step_loss = 0.0
-            for _ in range(grad_accum):
-                index = rng.integers(0, n, batch_size) + n * rng.integers(0, 2, batch_size)
-                batch_prompts = [prompts[j] for j in rng.integers(0, len(prompts), batch_size)]
-                noise = torch.randn(
-                    (batch_size, *data.latents.shape[1:]), generator=generator, device=device
-                )
-                t = torch.randint(0, n_train, (batch_size,), generator=generator, device=device)
-                loss = _denoising_loss(
-                    pipe, scheduler, data, torch.from_numpy(index).to(device), batch_prompts,
-                    noise, t, device,
-                )  # fmt: skip
-                (loss / grad_accum).backward()
-                step_loss += loss.item() / grad_accum
+            samples = draw_step(
+                rng, generator, n, prompts, batch_size * grad_accum, data, n_train, device
+            )
+            losses.append(accumulate_gradient(pipe, scheduler, data, samples, batch_size, device))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():  # weight decay (and shared words' grads) moved every row
                 weight[frozen_rows] = original[frozen_rows]
-            losses.append(step_loss)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
     finally:
         weight.requires_grad_(False)
@@ -295,7 +389,10 @@ def load_learned_embeds(pipe, path: str | Path) -> str:
     from safetensors import safe_open
 
     path = Path(path)
-    rerun = "re-run textual inversion with the current models.diffusion (`dvc repro -f invert`)"
+    rerun = (
+        "re-run textual inversion with the current models.diffusion and models.inversion "
+        "(`dvc repro -f invert`)"
+    )
     if not path.is_file():
         raise StageError(f"{path}: learned embedding not found; {rerun}")
     try:
@@ -314,7 +411,7 @@ def load_learned_embeds(pipe, path: str | Path) -> str:
         raise StageError(
             f"{path}: the embedding of {token} has shape {list(shape)}, but the text encoder "
             f"of models.diffusion takes rows of width {width} ([1, {width}]): it was learned "
-            f"with another text encoder (another models.diffusion); {rerun}"
+            f"with another text encoder (another models.diffusion or models.inversion); {rerun}"
         )
     pipe.load_textual_inversion(str(path))
     return token

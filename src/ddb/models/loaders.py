@@ -1,4 +1,5 @@
-"""Load the foundation models named in params (`models.diffusion`, `models.segmenter`).
+"""Load the foundation models named in params (`models.diffusion`, `models.segmenter`,
+`models.inversion`, and LangSAM's `models.detector` and `models.sam`).
 
 One code path for a local folder written by `save_pretrained` (the small offline models) and
 a hub id (a real checkpoint): `from_pretrained(name_or_path, local_files_only=True)`. Nothing
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -22,8 +24,15 @@ import torch
 from ddb.config import ConfigError
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionInpaintPipeline
-    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+    from transformers import (
+        CLIPSegForImageSegmentation,
+        CLIPSegProcessor,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        Sam2Model,
+        Sam2Processor,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,9 @@ T = TypeVar("T")
 EXAMPLES = {
     "models.diffusion": "stabilityai/stable-diffusion-2-inpainting",
     "models.segmenter": "CIDAS/clipseg-rd64-refined",
+    "models.inversion": "stabilityai/stable-diffusion-2-base",
+    "models.detector": "IDEA-Research/grounding-dino-base",  # LangSAM's GroundingDINO
+    "models.sam": "facebook/sam2.1-hiera-small",  # LangSAM's SAM 2.1
 }
 
 
@@ -66,6 +78,59 @@ def load_inpaint_pipeline(
     return pipeline.to(device)
 
 
+def load_text2image_pipeline(
+    name_or_path: str,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype | None = None,
+    key: str = "models.inversion",
+) -> StableDiffusionPipeline:
+    """A text-to-image Stable Diffusion pipeline (4-channel UNet) from a folder or the local
+    cache, float32 unless `torch_dtype` says otherwise and without a safety checker, as
+    `load_inpaint_pipeline`. The paper's textual inversion runs on one
+    (`stabilityai/stable-diffusion-2-base`)."""
+    from diffusers import StableDiffusionPipeline
+
+    def load(source: str) -> StableDiffusionPipeline:
+        return StableDiffusionPipeline.from_pretrained(
+            source,
+            local_files_only=True,
+            dtype=torch_dtype or torch.float32,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    check = functools.partial(check_pipeline_folder, key, name_or_path)
+    pipeline = load_or_explain(key, name_or_path, load, check)
+    return pipeline.to(device)
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """What a learned token row must agree on between two pipelines' text encoders."""
+
+    vocab_size: int  # the tokenizer's, added tokens included
+    width: int  # the input embeddings' row width (hidden_size)
+
+
+def load_text_encoder_spec(key: str, name_or_path: str) -> TextEncoderSpec:
+    """The tokenizer's vocabulary size and the text encoder's embedding width of a pipeline,
+    read from its tokenizer files and text_encoder/config.json (no weights are loaded)."""
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    def load(source: str) -> TextEncoderSpec:  # the classes SD pipelines load them with
+        tokenizer = CLIPTokenizer.from_pretrained(
+            source, subfolder="tokenizer", local_files_only=True
+        )
+        config = CLIPTextConfig.from_pretrained(
+            source, subfolder="text_encoder", local_files_only=True
+        )
+        return TextEncoderSpec(len(tokenizer), int(config.hidden_size))
+
+    check = functools.partial(check_pipeline_folder, key, name_or_path)
+    return load_or_explain(key, name_or_path, load, check)
+
+
 def load_segmenter(
     name_or_path: str, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
 ) -> tuple[CLIPSegProcessor, CLIPSegForImageSegmentation]:
@@ -84,6 +149,42 @@ def load_segmenter(
         return processor, model
 
     processor, model = load_or_explain("models.segmenter", name_or_path, load)
+    return processor, model.to(device).eval()
+
+
+def load_detector(
+    name_or_path: str, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
+) -> tuple[GroundingDinoProcessor, GroundingDinoForObjectDetection]:
+    """GroundingDINO's processor and model (in eval mode), LangSAM's box detector; float32
+    unless `torch_dtype` says otherwise."""
+    from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
+
+    def load(source: str) -> tuple[GroundingDinoProcessor, GroundingDinoForObjectDetection]:
+        processor = GroundingDinoProcessor.from_pretrained(source, local_files_only=True)
+        model = GroundingDinoForObjectDetection.from_pretrained(
+            source, local_files_only=True, dtype=torch_dtype or torch.float32
+        )
+        return processor, model
+
+    processor, model = load_or_explain("models.detector", name_or_path, load)
+    return processor, model.to(device).eval()
+
+
+def load_sam(
+    name_or_path: str, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
+) -> tuple[Sam2Processor, Sam2Model]:
+    """SAM 2's processor and model (in eval mode), LangSAM's box-prompted mask predictor;
+    float32 unless `torch_dtype` says otherwise."""
+    from transformers import Sam2Model, Sam2Processor
+
+    def load(source: str) -> tuple[Sam2Processor, Sam2Model]:
+        processor = Sam2Processor.from_pretrained(source, local_files_only=True)
+        model = Sam2Model.from_pretrained(
+            source, local_files_only=True, dtype=torch_dtype or torch.float32
+        )
+        return processor, model
+
+    processor, model = load_or_explain("models.sam", name_or_path, load)
     return processor, model.to(device).eval()
 
 

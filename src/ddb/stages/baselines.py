@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from ddb import paths
-from ddb.config import Config
+from ddb.config import Config, with_recipe
 from ddb.methods import method
 from ddb.training import load_training_data, save_result
 from ddb.utils import atomic_path, check_writable
@@ -23,5 +23,6 @@ def run(config: Config) -> None:
         out.mkdir()
         for name in config.baselines.methods:
             log.info("baseline %s", name)
-            result = method(name).train(config, root, table, groups)
+            recipe = getattr(config.baselines, name).recipe  # the method's own, where set
+            result = method(name).train(with_recipe(config, recipe), root, table, groups)
             save_result(result, config.classifier.arch, groups.n_classes, out / name)

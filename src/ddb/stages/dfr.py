@@ -12,7 +12,7 @@ import pandas as pd
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import load_dataset
+from ddb.data.waterbirds import load_indexed
 from ddb.methods import dfr
 from ddb.models.classifier import load_classifier, save_classifier
 from ddb.utils import atomic_path
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def run(config: Config) -> None:
-    root, table, groups = load_dataset(config.data, check=False)  # checked by erm
+    root, table, groups = load_indexed(config.data)
     erm_model = load_classifier(paths.ERM / "model.pt")
     result = dfr.train(config, root, table, groups, erm_model)
     with atomic_path(paths.DFR) as out:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ddb import paths
-from ddb.config import Config
+from ddb.config import Config, with_recipe
 from ddb.data.waterbirds import ImageTable, split_table
 from ddb.models.classifier import eval_transform
 from ddb.training import fit_classifier, load_training_data, predict, save_result
@@ -28,7 +28,9 @@ def run(config: Config) -> None:
     check_writable(paths.ERM)
     root, table, groups = load_training_data(config)
     train = split_table(table, "train")
-    result = fit_classifier(config, root, table, groups.n_classes, config.erm.seed)
+    result = fit_classifier(
+        with_recipe(config, config.erm.recipe), root, table, groups.n_classes, config.erm.seed
+    )
     train_set = ImageTable(root, train, eval_transform(config.data.image_size))
     outputs = per_sample_outputs(result.model, train_set, train)
     with atomic_path(paths.ERM) as out:

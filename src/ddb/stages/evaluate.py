@@ -15,7 +15,7 @@ import pandas as pd
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import ImageTable, load_dataset, split_table
+from ddb.data.waterbirds import ImageTable, load_indexed, split_table
 from ddb.metrics import summarize
 from ddb.models.classifier import eval_transform, load_classifier
 from ddb.training import predict
@@ -33,7 +33,7 @@ def trained_models(config: Config) -> dict[str, Path]:
 def run(config: Config) -> None:
     check_writable(paths.METRICS, paths.PREDICTIONS)
     # read_metadata refuses a val or test split missing a group (its WGA would be undefined)
-    root, table, groups = load_dataset(config.data, check=False)  # checked by the training stages
+    root, table, groups = load_indexed(config.data)
     models = trained_models(config)
     missing = [str(checkpoint) for checkpoint in models.values() if not checkpoint.is_file()]
     if missing:

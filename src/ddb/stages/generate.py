@@ -51,7 +51,7 @@ from ddb import paths
 from ddb.config import Config
 from ddb.data.corpus import dilate
 from ddb.data.masks import load_mask
-from ddb.data.waterbirds import DataError, groups_of, load_image, read_metadata
+from ddb.data.waterbirds import DataError, groups_of, load_image, load_indexed
 from ddb.models.diffusion import inpaint
 from ddb.models.inversion import load_learned_embeds, prompt_token
 from ddb.models.loaders import load_inpaint_pipeline
@@ -80,7 +80,7 @@ def run(config: Config) -> None:
     out = paths.GENERATE
     segments = pd.read_csv(paths.SEGMENT / "segments.csv")
     class_names = groups_of(config.data).class_names
-    metadata = read_metadata(config.data.root, groups_of(config.data))
+    metadata = load_indexed(config.data)[1]
     jobs = plan_jobs(segments, class_names, config)
     if config.generate.method == "copy_paste":
         donors = choose_donors(jobs, metadata, config.data.root)

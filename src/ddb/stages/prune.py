@@ -66,7 +66,11 @@ def prune_decisions(scores: pd.DataFrame, psi: np.ndarray, cfg: PruneConfig) -> 
     drop = pd.DataFrame(index=scores.index)
     drop["drop_psi"] = cfg.psi & (scores.p_old.to_numpy() >= psi[old])
     drop["drop_paired"] = cfg.paired & (scores.p_old > scores.p_old_source - cfg.delta)
-    drop["drop_attribution"] = cfg.attribution & (scores.attr_score < cfg.threshold)
+    # the paper keeps a sample if rho = sum(M * IG) > P: it drops rho <= P
+    measured = scores.attr_score < cfg.threshold
+    if cfg.measure == "sum":
+        measured = scores.attr_sum <= cfg.threshold
+    drop["drop_attribution"] = cfg.attribution & measured
     drop["kept"] = ~drop.any(axis=1)
     return drop
 

@@ -38,7 +38,7 @@ from torch.utils.data import ConcatDataset
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import ImageTable, load_dataset, split_table
+from ddb.data.waterbirds import ImageTable, load_indexed, split_table
 from ddb.models.classifier import (
     eval_transform,
     load_classifier,
@@ -64,10 +64,14 @@ def run_no_prune(config: Config) -> None:
 
 
 def retrain(config: Config, manifest_path: Path, out_dir: Path) -> None:
-    root, table, groups = load_dataset(config.data, check=False)  # checked by erm
+    root, table, groups = load_indexed(config.data)
     generated = pd.read_csv(manifest_path, usecols=list(GENERATED_COLUMNS))
     size = config.data.image_size
-    cfg = dataclasses.replace(config.classifier, lr=config.retrain.lr, epochs=config.retrain.epochs)
+    cfg = dataclasses.replace(
+        config.retrain.recipe.applied_to(config.classifier),
+        lr=config.retrain.lr,
+        epochs=config.retrain.epochs,
+    )
     train_set = augmented_train_set(
         root, split_table(table, "train"), paths.GENERATE, generated, size, cfg
     )

@@ -1,10 +1,13 @@
 """segment: masks of the causal component (`segment.prompt`, e.g. "bird") in the selected images.
 
-The language segmenter is CLIPSeg (`models.segmenter`: the small offline one, or
-`CIDAS/clipseg-rd64-refined`) where the paper uses LangSAM. Every selected image (sources and
-inversion images) is segmented at its own size; the mask is the thresholded probability,
-grown by `segment.dilate` px, and with `segment.mask_shape: box` replaced by its bounding
-box (an outline carries the source's shape into the new image; a box does not). With
+The language segmenter is CLIPSeg by default (`models.segmenter`: the small offline one, or
+`CIDAS/clipseg-rd64-refined`), or with `segment.source: langsam` the paper's LangSAM
+(GroundingDINO `models.detector` boxes above `segment.box_threshold`, then the union of their
+SAM 2 `models.sam` masks; see ddb.models.langsam). Every selected image (sources and
+inversion images) is segmented at its own size; the mask (CLIPSeg: the probability above
+`segment.threshold`) is grown by `segment.dilate` px, and with `segment.mask_shape: box`
+replaced by its bounding box (an outline carries the source's shape into the new image; a
+box does not). With
 `segment.source: truth` (a control) the dataset's own masks replace the segmenter's. A mask
 covering less than `segment.min_area` of the image is "no detection": generate skips that
 source and the count is reported. Where the dataset has ground-truth masks (a
@@ -27,7 +30,8 @@ from ddb import paths
 from ddb.config import Config, SegmentConfig
 from ddb.data.corpus import bounding_box, dilate
 from ddb.data.masks import load_mask, save_mask
-from ddb.data.waterbirds import DataError, groups_of, load_image, read_metadata
+from ddb.data.waterbirds import DataError, load_image, load_indexed
+from ddb.models.langsam import load_langsam
 from ddb.models.loaders import load_segmenter
 from ddb.models.segmenter import mask_iou, segment
 from ddb.training import resolve_device
@@ -40,9 +44,15 @@ def run(config: Config) -> None:
     cfg = config.segment
     root = Path(config.data.root)
     selected = pd.read_csv(paths.SELECT / "selected.csv")
-    metadata = read_metadata(root, groups_of(config.data)).set_index("img_filename")
+    metadata = load_indexed(config.data)[1].set_index("img_filename")
     if cfg.source == "truth":
         raw = true_masks(root, metadata, selected.img_filename)
+    elif cfg.source == "langsam":
+        images = [load_image(root / name) for name in selected.img_filename]
+        langsam = load_langsam(config.models.detector, config.models.sam, resolve_device("auto"))
+        raw = langsam.masks(
+            images, cfg.prompt, cfg.box_threshold, cfg.text_threshold, cfg.batch_size
+        )
     else:
         images = [np.asarray(load_image(root / name)) for name in selected.img_filename]
         processor, model = load_segmenter(config.models.segmenter, resolve_device("auto"))
@@ -83,7 +93,7 @@ def true_masks(root: Path, metadata: pd.DataFrame, filenames) -> list[np.ndarray
     if "mask_filename" not in metadata.columns:
         raise DataError(
             f"{root}/metadata.csv has no mask_filename column, so segment.source: truth has no "
-            "masks to read; use segment.source: clipseg"
+            "masks to read; use segment.source: clipseg (or langsam)"
         )
     return [load_mask(root / metadata.at[name, "mask_filename"]) for name in filenames]
 
