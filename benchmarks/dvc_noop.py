@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import datetime
 import io
 import itertools
@@ -177,7 +178,8 @@ def run(args: list[str], root: Path, stdout_only: bool = False) -> tuple[float, 
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if out.returncode != 0:
         raise BenchmarkError(
-            f"{' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+            f"{' '.join(args)} failed ({out.returncode}):\n"
+            f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
         )
     return wall, cpu, out.stdout if stdout_only else out.stdout + out.stderr
 
@@ -367,8 +369,9 @@ def honesty_check(root: Path) -> dict:
     """A changed image invalidates index; once index re-runs, every stage that lists
     table.csv; restoring the image makes the project clean again."""
     data_root = yaml.safe_load((root / "params.yaml").read_text())["data"]["root"]
-    table = (root / TABLE).read_text().splitlines()
-    image = root / data_root / table[1].split(",")[0]  # the first image the index lists
+    with open(root / TABLE, newline="") as handle:
+        first = next(csv.DictReader(handle))["img_filename"]  # the first image it lists
+    image = root / data_root / first
     original = image.read_bytes()
     with Image.open(image) as opened:
         fmt, changed = opened.format, opened.convert("RGB")

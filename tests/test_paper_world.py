@@ -107,9 +107,13 @@ def test_clipseg_loads_by_hub_id_and_segments_a_varied_size_image(in_world: dict
 def test_langsam_loads_by_its_default_hub_ids(in_world: dict):
     from ddb.models.langsam import load_langsam
 
-    langsam = load_langsam()  # models.detector and models.sam's defaults: the paper's ids
+    langsam = load_langsam()  # models.detector and models.sam's defaults: LangSAM's ids
 
-    assert langsam is not None
+    assert langsam.detector.config.model_type == "grounding-dino"
+    assert langsam.sam.config.model_type == "sam2"
+    image = Image.fromarray(np.zeros((333, 500, 3), np.uint8))
+    [boxes] = langsam.boxes([image], "bird", box_threshold=0.0, text_threshold=0.0)
+    assert boxes.ndim == 2 and boxes.shape[1] == 4
 
 
 def test_resnet50_pretrained_loads_the_saved_imagenet_file(in_world: dict):

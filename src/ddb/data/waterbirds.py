@@ -201,7 +201,13 @@ def _check_codes(
         )
 
 
-def check_images(root: str | Path, table: pd.DataFrame, column: str = "img_filename") -> None:
+def check_images(
+    root: str | Path,
+    table: pd.DataFrame,
+    column: str = "img_filename",
+    listed_in: str | None = None,
+    progress: str | None = None,
+) -> None:
     """Decode every image listed in `column` (and every mask, where the table has a
     `mask_filename` column); raise naming the first missing, corrupt or mis-sized one.
 
@@ -211,12 +217,18 @@ def check_images(root: str | Path, table: pd.DataFrame, column: str = "img_filen
     the cost.
     """
     root = Path(root)
+    listed_in = listed_in or str(root / "metadata.csv")  # or an adapter's table of root
     has_masks = "mask_filename" in table.columns and column == "img_filename"
-    for row, filename in enumerate(table[column]):
-        where = f"listed in {root / 'metadata.csv'} row {row + 2} ({column})"
+    filenames = table[column]
+    if progress:  # a bar for long checks (CelebA: 200k images)
+        from tqdm import tqdm
+
+        filenames = tqdm(filenames, desc=progress, unit="image", mininterval=2, leave=False)
+    for row, filename in enumerate(filenames):
+        where = f"listed in {listed_in} row {row + 2} ({column})"
         size = _check_file(root / str(filename), where, "image")
         if has_masks and not pd.isna(table["mask_filename"].iloc[row]):
-            mask_where = f"listed in {root / 'metadata.csv'} row {row + 2} (mask_filename)"
+            mask_where = f"listed in {listed_in} row {row + 2} (mask_filename)"
             mask_path = root / str(table["mask_filename"].iloc[row])
             mask_size = _check_file(mask_path, mask_where, "mask")
             if mask_size != size:

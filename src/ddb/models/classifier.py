@@ -12,11 +12,13 @@ from torchvision import transforms as T
 
 from ddb.config import ConfigError
 
-# name -> (constructor, ImageNet weights enum)
+# name -> (constructor, ImageNet weights enum). V1 for every depth: the torchvision weights
+# `pretrained=True` loaded when ERM, JTT, GroupDRO, DFR and DaC were published, so the
+# paper profiles start where the published numbers did (V2 is a later, stronger recipe).
 ARCHITECTURES = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
     "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,8 +39,9 @@ def build_classifier(arch: str, num_classes: int, pretrained: bool = False) -> n
         raise ConfigError(
             f"params.yaml: 'classifier.pretrained' is true but the ImageNet weights of {arch} are "
             f"not in the local torch cache ({cached}). Download them on a machine with internet "
-            f"(python -c \"import torchvision; torchvision.models.{arch}(weights='DEFAULT')\") and "
-            "copy the file there, or set classifier.pretrained: false."
+            "(python -c \"import torchvision; "
+            f"torchvision.models.{arch}(weights='IMAGENET1K_V1')\") and copy the file there, or "
+            "set classifier.pretrained: false."
         )
     model = constructor(weights=None)
     model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))

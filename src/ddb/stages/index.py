@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from ddb import paths
 from ddb.config import Config
@@ -33,12 +34,13 @@ def run(config: Config) -> None:
     check_writable(paths.INDEX)
     root = Path(config.data.root)
     table = read_dataset(config.data)
-    log.info("index: %d images in %s; decoding each to check it", len(table), root)
-    check_images(root, table)
+    fmt = formats.detect_format(root) if config.data.format == "auto" else config.data.format
+    log.info("index: %d images in %s (%s); decoding each to check it", len(table), root, fmt)
+    listed_in = None if fmt == "waterbirds" else f"the {fmt} table of {root}"
+    check_images(root, table, listed_in=listed_in, progress="index: decode")
     table["md5"] = file_hashes(root, table["img_filename"])
     if "mask_filename" in table.columns:
         table["mask_md5"] = file_hashes(root, table["mask_filename"])
-    fmt = formats.detect_format(root) if config.data.format == "auto" else config.data.format
     summary = index_summary(table, str(root), fmt, groups_of(config.data))
     with atomic_path(paths.INDEX) as out:
         out.mkdir()
@@ -50,7 +52,7 @@ def run(config: Config) -> None:
 def file_hashes(root: Path, names: pd.Series) -> list[str]:
     """md5 of each listed file ("" for an empty cell: an image without a mask)."""
     hashes = []
-    for name in names:
+    for name in tqdm(names, desc="index: md5", unit="file", mininterval=2, leave=False):
         if pd.isna(name) or str(name) == "":
             hashes.append("")
             continue

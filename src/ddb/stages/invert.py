@@ -11,8 +11,9 @@ tokenize as "water" + "bird", the spurious element). Which model:
   itself; each image is given with its `segment` mask, so the token must explain the masked
   causal component from its context (an image without a detection is given whole).
 Images (and masks, nearest-neighbour) are brought to the model's resolution (the shorter
-side resized to it, then the centre square), as Waterbirds' JPEGs vary in size. Output: per class,
-models/invert/<class>/learned_embeds.safetensors in the diffusers format
+side resized to it, then the centre square), as Waterbirds' JPEGs vary in size.
+
+Output: per class, models/invert/<class>/learned_embeds.safetensors in the diffusers format
 (`pipe.load_textual_inversion(path)` loads it into any Stable Diffusion pipeline), and
 summary.json with the inversion loss before and after training (no wall time: the
 summary is a DVC out and must be identical between two runs; the log has it).
