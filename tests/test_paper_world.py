@@ -119,7 +119,7 @@ def test_langsam_loads_by_its_default_hub_ids(in_world: dict):
 def test_resnet50_pretrained_loads_the_saved_imagenet_file(in_world: dict):
     from ddb.models.classifier import ARCHITECTURES, build_classifier
 
-    saved = Path(in_world["TORCH_HOME"]) / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    saved = Path(in_world["TORCH_HOME"]) / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
     assert Path(ARCHITECTURES["resnet50"][1].url).name == saved.name
     state = torch.load(saved, map_location="cpu", weights_only=True)
 

@@ -223,7 +223,9 @@ def check_images(
     if progress:  # a bar for long checks (CelebA: 200k images)
         from tqdm import tqdm
 
-        filenames = tqdm(filenames, desc=progress, unit="image", mininterval=2, leave=False)
+        filenames = tqdm(
+            filenames, desc=progress, unit="image", mininterval=2, leave=False, disable=None
+        )  # disable=None: no bar when stderr is not a terminal (logs, CI)
     for row, filename in enumerate(filenames):
         where = f"listed in {listed_in} row {row + 2} ({column})"
         size = _check_file(root / str(filename), where, "image")

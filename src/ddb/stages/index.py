@@ -52,7 +52,9 @@ def run(config: Config) -> None:
 def file_hashes(root: Path, names: pd.Series) -> list[str]:
     """md5 of each listed file ("" for an empty cell: an image without a mask)."""
     hashes = []
-    for name in tqdm(names, desc="index: md5", unit="file", mininterval=2, leave=False):
+    for name in tqdm(
+        names, desc="index: md5", unit="file", mininterval=2, leave=False, disable=None
+    ):
         if pd.isna(name) or str(name) == "":
             hashes.append("")
             continue
