@@ -135,10 +135,11 @@ def test_the_run_used_the_papers_models_and_shapes(paper_project):
     assert len(manifest) > 0
     sizes = set()
     for row in manifest.itertuples():
-        with Image.open(root / "models/generate" / row.img_filename) as sample:
-            with Image.open(root / "data" / WATERBIRDS_DIR / row.source_filename) as source:
-                assert sample.size == source.size
-                sizes.add(source.size)
+        sample = root / "models/generate" / row.img_filename
+        source = root / "data" / WATERBIRDS_DIR / row.source_filename
+        with Image.open(sample) as generated, Image.open(source) as original:
+            assert generated.size == original.size
+            sizes.add(original.size)
     assert len(sizes) > 1
     learned = sorted((root / "models/invert").glob("*/learned_embeds.safetensors"))
     assert [p.parent.name for p in learned] == ["landbird", "waterbird"]

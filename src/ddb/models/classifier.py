@@ -39,7 +39,7 @@ def build_classifier(arch: str, num_classes: int, pretrained: bool = False) -> n
         raise ConfigError(
             f"params.yaml: 'classifier.pretrained' is true but the ImageNet weights of {arch} are "
             f"not in the local torch cache ({cached}). Download them on a machine with internet "
-            "(python -c \"import torchvision; "
+            '(python -c "import torchvision; '
             f"torchvision.models.{arch}(weights='IMAGENET1K_V1')\") and copy the file there, or "
             "set classifier.pretrained: false."
         )
