@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -58,6 +59,15 @@ def test_prepare_builds_a_valid_deterministic_benchmark(in_tmp_repo):
         assert set(np.unique(mask)) <= {0, 255}
         assert 0.05 < (mask > 0).mean() < 0.9
     assert "GPL-2" in (paths.REPORTS / "data.md").read_text()
+    # data/prepared.md5 (foundation_report's dep) hashes every file of the folder
+    listed = dict(
+        reversed(line.split("  ", 1)) for line in paths.PREPARED_MD5.read_text().splitlines()
+    )
+    files = sorted(p for p in paths.PREPARED.rglob("*") if p.is_file())
+    assert sorted(listed) == [p.relative_to(paths.PREPARED).as_posix() for p in files]
+    some = files[3]
+    expected = hashlib.md5(some.read_bytes()).hexdigest()
+    assert listed[some.relative_to(paths.PREPARED).as_posix()] == expected
     assert (paths.FIGURES / "data_grid.png").is_file()
     first = (paths.PREPARED / table.img_filename[5]).read_bytes()
     prepare.run(config)  # same params -> the same bytes

@@ -4,6 +4,9 @@ from pathlib import Path
 
 SOURCES = Path("data/sources.json")
 PREPARED = Path("data/prepared")
+# md5 of every file of data/prepared: what foundation_report lists instead of the folder, so
+# that a no-op `dvc repro` walks the 11k files twice (prepare's out, index's dep), not thrice
+PREPARED_MD5 = Path("data/prepared.md5")
 MODELS = Path("models")
 INDEX = MODELS / "index"  # the dataset's table, with a hash of every image it lists
 INDEX_TABLE = INDEX / "table.csv"

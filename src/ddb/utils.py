@@ -116,6 +116,19 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def md5_file(path: str | Path) -> str:
+    """The md5 of a file, as DVC hashes it (the index and prepare record these)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()
+
+
+def md5_listing(root: Path) -> str:
+    """`md5sum`-style lines (`<md5>  <path relative to root>`) of every file under `root`,
+    sorted: a small file that changes whenever any file of the folder does."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return "".join(f"{md5_file(p)}  {p.relative_to(root).as_posix()}\n" for p in files)
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -14,7 +14,6 @@ This is also where the images are decoded once to check them (not in each stage)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from ddb import paths
 from ddb.config import Config
 from ddb.data import formats
 from ddb.data.waterbirds import SPLITS, check_images, groups_of, read_dataset
-from ddb.utils import atomic_path, check_writable, write_json
+from ddb.utils import atomic_path, check_writable, md5_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,7 @@ def file_hashes(root: Path, names: pd.Series) -> list[str]:
         if pd.isna(name) or str(name) == "":
             hashes.append("")
             continue
-        with open(root / str(name), "rb") as handle:
-            hashes.append(hashlib.file_digest(handle, "md5").hexdigest())
+        hashes.append(md5_file(root / str(name)))
     return hashes
 
 
