@@ -141,15 +141,10 @@ def load_segmenter(
     """
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-    def load(source: str) -> tuple[CLIPSegProcessor, CLIPSegForImageSegmentation]:
-        processor = CLIPSegProcessor.from_pretrained(source, local_files_only=True)
-        model = CLIPSegForImageSegmentation.from_pretrained(
-            source, local_files_only=True, dtype=torch_dtype or torch.float32
-        )
-        return processor, model
-
-    processor, model = load_or_explain("models.segmenter", name_or_path, load)
-    return processor, model.to(device).eval()
+    return _processor_and_model(
+        "models.segmenter", name_or_path, CLIPSegProcessor, CLIPSegForImageSegmentation,
+        device, torch_dtype,
+    )  # fmt: skip
 
 
 def load_detector(
@@ -159,15 +154,10 @@ def load_detector(
     unless `torch_dtype` says otherwise."""
     from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
 
-    def load(source: str) -> tuple[GroundingDinoProcessor, GroundingDinoForObjectDetection]:
-        processor = GroundingDinoProcessor.from_pretrained(source, local_files_only=True)
-        model = GroundingDinoForObjectDetection.from_pretrained(
-            source, local_files_only=True, dtype=torch_dtype or torch.float32
-        )
-        return processor, model
-
-    processor, model = load_or_explain("models.detector", name_or_path, load)
-    return processor, model.to(device).eval()
+    return _processor_and_model(
+        "models.detector", name_or_path, GroundingDinoProcessor,
+        GroundingDinoForObjectDetection, device, torch_dtype,
+    )  # fmt: skip
 
 
 def load_sam(
@@ -177,14 +167,23 @@ def load_sam(
     float32 unless `torch_dtype` says otherwise."""
     from transformers import Sam2Model, Sam2Processor
 
-    def load(source: str) -> tuple[Sam2Processor, Sam2Model]:
-        processor = Sam2Processor.from_pretrained(source, local_files_only=True)
-        model = Sam2Model.from_pretrained(
-            source, local_files_only=True, dtype=torch_dtype or torch.float32
+    return _processor_and_model(
+        "models.sam", name_or_path, Sam2Processor, Sam2Model, device, torch_dtype
+    )
+
+
+def _processor_and_model(key, name_or_path, processor_class, model_class, device, dtype):
+    """A transformers processor and model (eval mode, float32 unless `dtype`) through
+    load_or_explain, so that all three segmenter checkpoints fail the same clear way."""
+
+    def load(source: str):
+        processor = processor_class.from_pretrained(source, local_files_only=True)
+        model = model_class.from_pretrained(
+            source, local_files_only=True, dtype=dtype or torch.float32
         )
         return processor, model
 
-    processor, model = load_or_explain("models.sam", name_or_path, load)
+    processor, model = load_or_explain(key, name_or_path, load)
     return processor, model.to(device).eval()
 
 
