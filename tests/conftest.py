@@ -138,9 +138,14 @@ def in_tmp_repo(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
-def run_in(cwd: Path, *args: str, timeout: float = 900) -> str:
-    """Run a command (dvc, git, ddb) with the venv's bin on PATH; fail the test with its output."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+def run_in(cwd: Path, *args: str, timeout: float = 900, env: dict | None = None) -> str:
+    """Run a command (dvc, git, ddb) with the venv's bin on PATH and `env` added to the
+    environment; fail the test with its output."""
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     assert out.returncode == 0, f"{args} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout + out.stderr

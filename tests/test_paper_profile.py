@@ -9,7 +9,6 @@ generate (SD2 inpainting), score, prune (rho = sum(M * IG)), retrain, evaluate, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -86,22 +85,19 @@ def paper_project(world, tmp_path_factory) -> tuple[Path, str]:
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")  # the frozen stages' dep
     shutil.copytree(world[DATA_ROOT_KEY], root / "data" / WATERBIRDS_DIR)
-    env = {**os.environ, **{k: v for k, v in world.items() if k != DATA_ROOT_KEY}}
     run_in(root, "git", "init", "-q")
     run_in(root, "dvc", "init", "-q")
     run_in(root, "dvc", "config", "hydra.enabled", "true")
     run_in(root, "python", "-m", "ddb", "params", "dataset=waterbirds", *TOY_COUNTS)
     commit_all(root)
-    out = _run(root, env, "dvc", "repro", "report")
+    out = _run(root, world, "dvc", "repro", "report")
     return root, out
 
 
-def _run(cwd: Path, env: dict, *args: str) -> str:
-    import subprocess
-
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
+def _run(cwd: Path, world: dict, *args: str) -> str:
+    """A command with the world's caches (HF_HOME, TORCH_HOME, offline flags) in its env."""
+    caches = {k: v for k, v in world.items() if k != DATA_ROOT_KEY}
+    return run_in(cwd, *args, timeout=1500, env=caches)
 
 
 def test_every_stage_of_the_profile_runs_and_writes_every_metric(paper_project):
@@ -150,8 +146,7 @@ def test_the_run_used_the_papers_models_and_shapes(paper_project):
 
 def test_a_second_repro_runs_nothing(paper_project, world):
     root, _ = paper_project
-    env = {**os.environ, **{k: v for k, v in world.items() if k != DATA_ROOT_KEY}}
-    out = _run(root, env, "dvc", "repro", "report")
+    out = _run(root, world, "dvc", "repro", "report")
     assert "Running stage" not in out
 
 
