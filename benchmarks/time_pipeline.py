@@ -7,6 +7,7 @@ writes its section of reports/benchmarks.md. Usage:
 
     python benchmarks/time_pipeline.py            # pipeline and no-op
     python benchmarks/time_pipeline.py --setup    # also a fresh `pip install` of requirements
+    python benchmarks/time_pipeline.py --keep DIR # keep the scratch project (git, DVC cache)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STAGES = [  # an order that respects dvc.yaml's dependencies
     "prepare",
+    "index",
     "erm",
     "baselines",
     "dfr",
@@ -69,7 +71,12 @@ def scratch_project(root: Path) -> None:
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
-    shutil.copytree(REPO / "models/foundation", root / "models/foundation")  # frozen, committed
+    # the frozen stages' committed outputs
+    shutil.copytree(REPO / "models/foundation", root / "models/foundation")
+    shutil.copytree(REPO / "models/backbone", root / "models/backbone")
+    (root / "reports").mkdir()
+    shutil.copy(REPO / "reports/backbone.md", root / "reports/backbone.md")
+    shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
@@ -120,9 +127,18 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--setup", action="store_true", help="also time a fresh pip install")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="build the scratch project in this new folder and keep it: its git HEAD holds "
+        "the pipeline's dvc.lock and reports (before the prune experiment)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            root = args.keep.resolve()
         scratch_project(root)
         stage_seconds = {
             stage: run(["dvc", "repro", "--single-item", stage], root) for stage in STAGES

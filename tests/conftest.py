@@ -84,7 +84,14 @@ def waterbirds_folder(tmp_path: Path) -> Path:
 TINY_OVERRIDES = {
     "data": {"image_size": 32},
     "prepare": {"image_size": 32, "train_per_class": 20, "val_per_group": 3, "test_per_group": 4},
-    "classifier": {"batch_size": 8, "epochs": 2, "device": "cpu"},
+    # the committed backbone by absolute path, so a test in any folder can fine-tune from it
+    "classifier": {
+        "batch_size": 8,
+        "epochs": 2,
+        "device": "cpu",
+        "weights": str(REPO / "models/backbone/resnet18.pth"),
+    },
+    "backbone": {"corpus_size": 64, "heldout_size": 32, "batch_size": 8, "steps": 3},
     "evaluate": {"bootstrap": 200},
     "foundation_eval": {"images": 4, "steps": 2},
     "select": {"sources_per_class": 4},
@@ -200,9 +207,11 @@ def make_tiny_project(root: Path) -> Path:
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     # the committed foundation models (the stage itself is frozen: never re-run here)
     shutil.copytree(REPO / "models/foundation", root / "models/foundation")
+    shutil.copytree(REPO / "models/backbone", root / "models/backbone")
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
     (root / "reports").mkdir()
+    shutil.copy(REPO / "reports/backbone.md", root / "reports/backbone.md")
     shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
     write_tiny_conf(root / "conf")
     (root / "params.yaml").write_text(params_text(compose_params(root / "conf")))

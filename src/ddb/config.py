@@ -117,6 +117,7 @@ class ClassifierConfig:
 
     arch: str = "resnet18"
     pretrained: bool = False  # ImageNet weights, only from the local torch cache
+    weights: str = ""  # a torchvision state dict to start from (the backbone stage's); "": none
     optimizer: str = "adam"
     lr: float = 0.001
     momentum: float = 0.9
@@ -141,6 +142,12 @@ class ClassifierConfig:
         _require(self.epochs >= 1, "classifier.epochs", "must be >= 1")
         _require(self.num_workers >= 0, "classifier.num_workers", "must be >= 0")
         _require_fraction_range("classifier.crop_scale", self.crop_scale)
+        _require(
+            not (self.pretrained and self.weights),
+            "classifier.weights",
+            f"names {self.weights!r} while classifier.pretrained is true: start from one of "
+            "them (weights: \"\" for ImageNet, or pretrained: false for the file)",
+        )
 
 
 @dataclass(frozen=True)
@@ -463,6 +470,34 @@ class FoundationConfig:
 
 
 @dataclass(frozen=True)
+class BackboneConfig:
+    """The offline stand-in for ImageNet weights: a ResNet pretrained on the corpus's
+    object task (the frozen `backbone` stage)."""
+
+    seed: int = 0
+    arch: str = "resnet18"
+    image_size: int = 64
+    corpus_size: int = 40000  # training composites
+    heldout_size: int = 4000  # composites of another seed, for its report
+    batch_size: int = 128
+    lr: float = 0.1  # SGD with Nesterov momentum 0.9, cosine to 0
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.1
+    steps: int = 20000
+    max_seconds: float = 900  # > 0: stop early at this wall-clock budget (the cosine follows)
+    device: str = "auto"
+
+    def validate(self) -> None:
+        _require_choice("backbone.arch", self.arch, ARCHITECTURES)
+        _require_choice("backbone.device", self.device, ("auto", "cpu", "cuda"))
+        _require(self.image_size >= 16, "backbone.image_size", "must be >= 16")
+        _require(0 <= self.label_smoothing < 1, "backbone.label_smoothing", "must be in [0, 1)")
+        _require(self.lr > 0, "backbone.lr", f"must be > 0, got {self.lr}")
+        for key in ("corpus_size", "heldout_size", "batch_size", "steps"):
+            _require(getattr(self, key) >= 1, f"backbone.{key}", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class FoundationSegmenterConfig:
     """The small offline stand-in for CLIPSeg, trained on the same corpus (cheap on CPU)."""
 
@@ -533,6 +568,7 @@ class Config:
     foundation_segmenter: FoundationSegmenterConfig = field(
         default_factory=FoundationSegmenterConfig
     )
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
     foundation_eval: FoundationEvalConfig = field(default_factory=FoundationEvalConfig)
 
     def validate(self) -> None:

@@ -24,17 +24,26 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_classifier(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """A ResNet with a fresh `num_classes` head; ImageNet weights only from the local cache."""
+def build_classifier(
+    arch: str, num_classes: int, pretrained: bool = False, weights: str | Path = ""
+) -> nn.Module:
+    """A ResNet with a fresh `num_classes` head, started from ImageNet weights (pretrained:
+    only from the local torch cache), from a state dict file (weights: the backbone stage's,
+    or any torchvision checkpoint of that architecture), or from scratch."""
     if arch not in ARCHITECTURES:
         close = difflib.get_close_matches(arch, ARCHITECTURES, n=3)
         raise ConfigError(
             f"unknown classifier '{arch}'; did you mean {close or list(ARCHITECTURES)}?"
         )
-    constructor, weights = ARCHITECTURES[arch]
+    constructor, imagenet = ARCHITECTURES[arch]
+    if weights:
+        model = constructor(weights=None)
+        load_backbone(model, arch, Path(weights))
+        reset_head(model, num_classes)
+        return model
     if not pretrained:
         return constructor(weights=None, num_classes=num_classes)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet.url).name
     if not cached.is_file():
         raise ConfigError(
             f"params.yaml: 'classifier.pretrained' is true but the ImageNet weights of {arch} are "
@@ -47,6 +56,36 @@ def build_classifier(arch: str, num_classes: int, pretrained: bool = False) -> n
     model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
     reset_head(model, num_classes)
     return model
+
+
+def load_backbone(model: nn.Module, arch: str, path: Path) -> None:
+    """Load a state dict file into `model` (every layer but the head, whose size is the
+    pretraining task's); a missing, unreadable or other-architecture file is a ConfigError
+    naming classifier.weights."""
+    where = f"params.yaml: 'classifier.weights' names {str(path)!r}"
+    if not path.is_file():
+        raise ConfigError(
+            f"{where}, which does not exist. The offline profile's file is committed with the "
+            "repository (models/backbone/, written by the frozen `backbone` stage: `git "
+            "checkout models/backbone`); set classifier.weights: \"\" to train from scratch."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and format errors all mean: not a state dict
+        raise ConfigError(f"{where}, which is not a torch state dict ({err})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{where}, which is not a state dict of tensors")
+    body = {k: v.float() for k, v in state.items() if not k.startswith("fc.")}
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    wrong = sorted(set(expected) ^ set(body)) or sorted(
+        k for k in expected if body[k].shape != expected[k]
+    )
+    if wrong:
+        raise ConfigError(
+            f"{where}, which does not hold a torchvision {arch} (classifier.arch): "
+            f"{len(wrong)} layer(s) missing or of another shape, e.g. {wrong[0]}"
+        )
+    model.load_state_dict(body, strict=False)
 
 
 def reset_head(model: nn.Module, num_classes: int) -> None:
