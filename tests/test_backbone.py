@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, tiny_config
+from tests.conftest import REPO, tiny_config
 from ddb import paths
 from ddb.config import ConfigError
 from ddb.models.classifier import build_classifier

@@ -121,8 +121,6 @@ def train_classifier(
         weights = torch.as_tensor(loss_weights, dtype=torch.float32)
         weights = weights * len(weights) / weights.sum()
     device = next(model.parameters()).device
-    # channels_last: oneDNN's (and cuDNN's) preferred layout, 1.2x faster steps on 2 CPU cores
-    model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     scheduler = None
     if cfg.schedule == "cosine":  # per step, down to 0 at the last step
@@ -170,8 +168,7 @@ def _train_epoch(model, loader, optimizer, scheduler, weights, group_loss, devic
     model.train()
     total_loss, total_correct, total = 0.0, 0, 0
     for images, y, group, index in loader:
-        images = images.to(device, memory_format=torch.channels_last)
-        y = y.to(device)
+        images, y = images.to(device), y.to(device)
         logits = model(images)
         losses = nn.functional.cross_entropy(logits, y, reduction="none")
         if group_loss is not None:
@@ -204,8 +201,7 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> dict[s
     probs, ys, groups = None, np.empty(n, np.int64), np.empty(n, np.int64)
     start = 0
     for images, y, group, _ in DataLoader(dataset, batch_size, shuffle=False):
-        images = images.to(device, memory_format=torch.channels_last)  # as in training
-        batch = torch.softmax(model(images), dim=1).cpu().numpy()
+        batch = torch.softmax(model(images.to(device)), dim=1).cpu().numpy()
         if probs is None:
             probs = np.empty((n, batch.shape[1]), batch.dtype)
         end = start + len(batch)
