@@ -103,3 +103,13 @@ def test_paper_profiles_use_imagenet_and_the_offline_one_the_backbone():
     for name in ("waterbirds", "celeba", "metashift"):
         paper = profile_config(name, REPO / "conf").classifier
         assert paper.pretrained and paper.weights == ""
+
+
+def test_the_paper_table_names_a_missing_weights_file_as_not_run(tmp_path):
+    from ddb import experiments
+
+    config = tiny_config()
+    assert not any("classifier.weights" in m for m in experiments.missing_requirements(config))
+    gone = str(tmp_path / "gone.pth")
+    lost = dataclasses.replace(config, classifier=dataclasses.replace(config.classifier, weights=gone))
+    assert f"classifier.weights {gone}" in experiments.missing_requirements(lost)

@@ -95,7 +95,8 @@ def paper_runs(datasets: list[str], seeds: int) -> dict[str, tuple[str, int, dic
 def missing_requirements(config: Config) -> list[str]:
     """What a profile's runs need and this machine lacks (empty: it can run): the dataset
     folder in a format the adapters read, each checkpoint its stages load (as a folder or
-    in the Hugging Face cache), and the ImageNet weights in the torch cache."""
+    in the Hugging Face cache), the classifier.weights file, and the ImageNet weights in the
+    torch cache."""
     from ddb.data.formats import detect_format
     from ddb.data.waterbirds import DataError
 
@@ -109,6 +110,8 @@ def missing_requirements(config: Config) -> list[str]:
     for key, name in needed_checkpoints(config).items():
         if not Path(name).exists() and not in_hub_cache(name):
             missing.append(f"{key} {name} (not in the Hugging Face cache)")
+    if config.classifier.weights and not Path(config.classifier.weights).is_file():
+        missing.append(f"classifier.weights {config.classifier.weights}")
     if config.classifier.pretrained:
         import torch
 
