@@ -10,9 +10,9 @@ so DVC walked and looked up every file of the dataset 11 times.
 
 Everything runs in a throwaway copy of the working tree under a temp dir (dvc.yaml,
 params.yaml, conf/, src/, .dvc/config, .dvcignore, data/sources.json, models/foundation,
-reports/discussion.md), a fresh git + DVC repository; the repository's own dvc.lock,
-params.yaml, models/ and DVC cache are never touched. The copy's src/ is first on
-PYTHONPATH, so its stages run the copied code.
+models/backbone, reports/discussion.md, reports/backbone.md), a fresh git + DVC repository;
+the repository's own dvc.lock, params.yaml, models/ and DVC cache are never touched. The
+copy's src/ is first on PYTHONPATH, so its stages run the copied code.
 
 What is real and what is a placeholder. Real: data/prepared (the embedded benchmark, built
 by `python -m ddb prepare`), the generated CelebA folder, and the index stage's output
@@ -100,6 +100,8 @@ COPIED = (  # the working tree the pipeline needs (not its outputs)
     "src",
     "data/sources.json",
     "models/foundation",  # frozen one-offs, committed to git
+    "models/backbone",
+    "reports/backbone.md",
     "reports/discussion.md",  # written by hand, a dep of report
 )
 CELEBA_PARAMS = [

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torchvision
 
-from tests.conftest import REPO, tiny_config
 from ddb import paths
 from ddb.config import ConfigError
 from ddb.models.classifier import build_classifier
 from ddb.stages import backbone
+from tests.conftest import REPO, tiny_config
 
 
 def test_backbone_stage_writes_weights_that_build_classifier_fine_tunes_from(in_tmp_repo):
@@ -111,5 +111,7 @@ def test_the_paper_table_names_a_missing_weights_file_as_not_run(tmp_path):
     config = tiny_config()
     assert not any("classifier.weights" in m for m in experiments.missing_requirements(config))
     gone = str(tmp_path / "gone.pth")
-    lost = dataclasses.replace(config, classifier=dataclasses.replace(config.classifier, weights=gone))
+    lost = dataclasses.replace(
+        config, classifier=dataclasses.replace(config.classifier, weights=gone)
+    )
     assert f"classifier.weights {gone}" in experiments.missing_requirements(lost)

@@ -80,7 +80,9 @@ def paper_project(world, tmp_path_factory) -> tuple[Path, str]:
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     shutil.copytree(REPO / "models/foundation", root / "models/foundation")  # declared deps
+    shutil.copytree(REPO / "models/backbone", root / "models/backbone")  # erm's dep (unused)
     (root / "reports").mkdir()
+    shutil.copy(REPO / "reports/backbone.md", root / "reports/backbone.md")
     shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")  # the frozen stages' dep

@@ -147,7 +147,7 @@ class ClassifierConfig:
             not (self.pretrained and self.weights),
             "classifier.weights",
             f"names {self.weights!r} while classifier.pretrained is true: start from one of "
-            "them (weights: \"\" for ImageNet, or pretrained: false for the file)",
+            'them (weights: "" for ImageNet, or pretrained: false for the file)',
         )
 
 

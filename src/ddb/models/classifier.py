@@ -67,7 +67,7 @@ def load_backbone(model: nn.Module, arch: str, path: Path) -> None:
         raise ConfigError(
             f"{where}, which does not exist. The offline profile's file is committed with the "
             "repository (models/backbone/, written by the frozen `backbone` stage: `git "
-            "checkout models/backbone`); set classifier.weights: \"\" to train from scratch."
+            'checkout models/backbone`); set classifier.weights: "" to train from scratch.'
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -64,13 +64,20 @@ def run(config: Config) -> None:
     }
     with atomic_path(paths.BACKBONE) as out:
         out.mkdir()
-        state = {k: v.to(torch.float16) if v.is_floating_point() else v
-                 for k, v in model.state_dict().items()}
+        state = {
+            k: v.to(torch.float16) if v.is_floating_point() else v
+            for k, v in model.state_dict().items()
+        }
         torch.save(state, out / f"{cfg.arch}.pth")
         write_json(out / "report.json", report)
     write_text(paths.BACKBONE_REPORT, report_markdown(report, cfg))
-    log.info("backbone %s pretrained in %.0f s on %s: held-out top-1 %.3f",
-             cfg.arch, seconds, device, quality["heldout_top1"])
+    log.info(
+        "backbone %s pretrained in %.0f s on %s: held-out top-1 %.3f",
+        cfg.arch,
+        seconds,
+        device,
+        quality["heldout_top1"],
+    )
 
 
 def labels_of(corpus: dict, classes: list[str]) -> np.ndarray:
@@ -161,7 +168,8 @@ def heldout_accuracy(
     birds = category[labels] == "bird"
     return {
         "heldout_top1": float((predicted == labels).mean()),
-        "heldout_bird_top1": float((predicted[birds] == labels[birds]).mean()) if birds.any()
+        "heldout_bird_top1": float((predicted[birds] == labels[birds]).mean())
+        if birds.any()
         else float("nan"),
         "heldout_category_acc": float((category[predicted] == category[labels]).mean()),
         "bird_classes": int((category == "bird").sum()),
@@ -178,7 +186,8 @@ def report_markdown(report: dict, cfg: BackboneConfig) -> str:
         "| measure | value |\n|---|---|\n"
         f"| held-out top-1 ({report['heldout_composites']} new composites) | "
         f"{report['heldout_top1']:.3f} (chance {report['chance_top1']:.3f}) |\n"
-        f"| held-out top-1, birds only ({report['bird_classes']} species) | {report['heldout_bird_top1']:.3f} |\n"
+        f"| held-out top-1, birds only ({report['bird_classes']} species) | "
+        f"{report['heldout_bird_top1']:.3f} |\n"
         f"| held-out category accuracy (bird, fruit, tool...) | "
         f"{report['heldout_category_acc']:.3f} |\n"
         f"| training composites | {report['train_composites']} |\n"
