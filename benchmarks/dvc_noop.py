@@ -87,6 +87,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))  # the sibling time_pipeline.py
+from ddb.paths import COMMITTED_OUTPUTS  # noqa: E402
 from time_pipeline import machine, write_section  # noqa: E402
 
 SECTION = "dvc_noop"
@@ -99,9 +100,7 @@ COPIED = (  # the working tree the pipeline needs (not its outputs)
     "conf",
     "src",
     "data/sources.json",
-    "models/foundation",  # frozen one-offs, committed to git
-    "models/backbone",
-    "reports/backbone.md",
+    *map(str, COMMITTED_OUTPUTS),  # the frozen one-offs' outputs, committed to git
     "reports/discussion.md",  # written by hand, a dep of report
 )
 CELEBA_PARAMS = [

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ddb.paths import COMMITTED_OUTPUTS
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = [  # an order that respects dvc.yaml's dependencies
     "prepare",
@@ -71,12 +73,9 @@ def scratch_project(root: Path) -> None:
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
-    # the frozen stages' committed outputs
-    shutil.copytree(REPO / "models/foundation", root / "models/foundation")
-    shutil.copytree(REPO / "models/backbone", root / "models/backbone")
-    (root / "reports").mkdir()
-    shutil.copy(REPO / "reports/backbone.md", root / "reports/backbone.md")
-    shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
+    for name in (*COMMITTED_OUTPUTS, "reports/discussion.md"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, root / name)
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from ddb import paths
 from ddb.config import Config, compose_params, load_config, params_text
 from ddb.data.embedded import source_paths
 
@@ -199,19 +200,23 @@ def build_tiny_project(root: Path) -> Path:
     return root
 
 
+def copy_committed_outputs(root: Path) -> None:
+    """The frozen stages' committed outputs (paths.COMMITTED_OUTPUTS: the foundation models,
+    the backbone), copied into the project at `root`: its stages list them as deps."""
+    for name in paths.COMMITTED_OUTPUTS:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, root / name)
+
+
 def make_tiny_project(root: Path) -> Path:
     """A git + DVC project of the tiny profile in `root`, before any `dvc repro`."""
     root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore", "src"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
-    # the committed foundation models (the stage itself is frozen: never re-run here)
-    shutil.copytree(REPO / "models/foundation", root / "models/foundation")
-    shutil.copytree(REPO / "models/backbone", root / "models/backbone")
+    copy_committed_outputs(root)
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
-    (root / "reports").mkdir()
-    shutil.copy(REPO / "reports/backbone.md", root / "reports/backbone.md")
     shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
     write_tiny_conf(root / "conf")
     (root / "params.yaml").write_text(params_text(compose_params(root / "conf")))

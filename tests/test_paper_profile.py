@@ -20,7 +20,7 @@ from PIL import Image
 
 from ddb import experiments
 from ddb.config import profile_config
-from tests.conftest import REPO, commit_all, run_in
+from tests.conftest import REPO, commit_all, copy_committed_outputs, run_in
 from tests.paper_world import DATA_ROOT_KEY, SD2_BASE, WATERBIRDS_DIR, paper_world, use_world
 
 pytestmark = pytest.mark.slow
@@ -79,10 +79,7 @@ def paper_project(world, tmp_path_factory) -> tuple[Path, str]:
     for name in ("dvc.yaml", ".dvcignore", "src", "conf"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
-    shutil.copytree(REPO / "models/foundation", root / "models/foundation")  # declared deps
-    shutil.copytree(REPO / "models/backbone", root / "models/backbone")  # erm's dep (unused)
-    (root / "reports").mkdir()
-    shutil.copy(REPO / "reports/backbone.md", root / "reports/backbone.md")
+    copy_committed_outputs(root)  # declared deps (the backbone too, unused by this profile)
     shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")  # the frozen stages' dep
