@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ddb import cli, paths
-from ddb.config import ConfigError, ModelsConfig
+from ddb.config import ClassifierConfig, ConfigError, ModelsConfig
 from ddb.data import waterbirds
 from ddb.data.masks import load_mask
 from ddb.data.waterbirds import MAX_SIDE, DataError, Groups, load_image, read_metadata
@@ -129,7 +129,8 @@ PARAMS_CASES = {
     "list_for_float": (
         "classifier:\n  lr: [0.001]\n",
         ["'classifier.lr' must be float, got [0.001] (a list)"],
-        "write a number (one value, not a list), e.g. `lr: 0.001` (the default)",
+        # the default is the recipe's, which tuning may move: read it, don't copy it
+        f"write a number (one value, not a list), e.g. `lr: {ClassifierConfig().lr}` (the default)",
     ),
     "list_for_int": (
         "select:\n  sources_per_class: [4, 2]\n",
