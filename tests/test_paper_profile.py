@@ -30,6 +30,7 @@ TOY_COUNTS = [
     "classifier.epochs=1",
     "classifier.batch_size=8",
     "classifier.device=cpu",
+    "classifier.num_workers=2",  # the profiles' 8 workers, fewer on a 2-core CI machine
     "baselines.jtt.identification_epochs=1",
     "baselines.jtt.recipe.epochs=1",
     "baselines.jtt.recipe.batch_size=8",

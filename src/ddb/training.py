@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    WeightedRandomSampler,
+)
 from tqdm import tqdm
 
 from ddb import paths
@@ -29,6 +35,7 @@ from ddb.data.waterbirds import (
     load_indexed,
     split_table,
 )
+from ddb.distributed import process_state, split_sizes
 from ddb.metrics import worst_group_accuracy
 from ddb.models.classifier import (
     build_classifier,
@@ -64,13 +71,65 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def make_optimizer(model: nn.Module, cfg: ClassifierConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, cfg: ClassifierConfig, fused: bool = False
+) -> torch.optim.Optimizer:
+    """cfg's optimizer; fused: one kernel per step for all parameters (CUDA only)."""
+    extra = {"fused": True} if fused else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            **extra,
         )
     optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How a training step runs on its device. On CPU everything is off, so CPU results do
+    not change; on CUDA `classifier.amp` turns on bf16 autocast (no GradScaler: bf16 has
+    fp32's range), channels_last, a fused optimizer and pinned host memory."""
+
+    autocast: bool = False
+    channels_last: bool = False
+    fused: bool = False
+    pin_memory: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device, cfg: ClassifierConfig) -> Speed:
+        fast = device.type == "cuda" and cfg.amp
+        return cls(fast, fast, fast, device.type == "cuda")
+
+    def autocast_context(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    def to_device(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        images = images.to(device, non_blocking=self.pin_memory)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """This process's slice of each batch of `batches` (a BatchSampler every process builds
+    with the same seed, so all see the same global batches): process r of w takes the r-th
+    of w near-equal contiguous slices. One process takes whole batches, unchanged."""
+
+    def __init__(self, batches: torch.utils.data.BatchSampler, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __iter__(self):
+        for batch in self.batches:
+            sizes = split_sizes(len(batch), self.world)
+            start = sum(sizes[: self.rank])
+            yield batch[start : start + sizes[self.rank]]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def train_classifier(
@@ -93,35 +152,16 @@ def train_classifier(
     mean (GroupDRO's `(losses, group) -> loss`; only methods that may read train groups);
     select_best=False keeps the last epoch (JTT's identification model).
     """
-    generator = torch.Generator().manual_seed(seed)
-    # a last batch of one sample would stop BatchNorm in training mode; drop only that one
-    drop_last = len(train_set) % cfg.batch_size == 1
-    if sample_weights is not None:
-        sampler = WeightedRandomSampler(
-            torch.as_tensor(sample_weights, dtype=torch.double), len(train_set), generator=generator
-        )
-        loader = DataLoader(
-            train_set,
-            cfg.batch_size,
-            sampler=sampler,
-            num_workers=cfg.num_workers,
-            drop_last=drop_last,
-        )
-    else:
-        loader = DataLoader(
-            train_set,
-            cfg.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=cfg.num_workers,
-            drop_last=drop_last,
-        )
+    device = next(model.parameters()).device
+    speed = Speed.for_device(device, cfg)
+    loader = train_loader(train_set, cfg, seed, speed, sample_weights)
     weights = None
     if loss_weights is not None:  # mean 1 over the train set, so the lr means the same
         weights = torch.as_tensor(loss_weights, dtype=torch.float32)
         weights = weights * len(weights) / weights.sum()
-    device = next(model.parameters()).device
-    optimizer = make_optimizer(model, cfg)
+    trained = prepare_model(model, cfg, speed)  # what the steps call; `model` is saved
+    world = loader.batch_sampler.world
+    optimizer = make_optimizer(model, cfg, fused=speed.fused)
     scheduler = None
     if cfg.schedule == "cosine":  # per step, down to 0 at the last step
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * len(loader))
@@ -130,9 +170,10 @@ def train_classifier(
     epochs = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch")
     for epoch in epochs:
         start = time.perf_counter()
-        train_loss, train_acc = _train_epoch(
-            model, loader, optimizer, scheduler, weights, group_loss, device
+        train_loss, train_acc = train_epoch(
+            trained, loader, optimizer, scheduler, weights, group_loss, speed
         )
+        sync_buffers(model, world)  # BatchNorm's running statistics are per process
         val = evaluate_split(model, val_set, cfg.batch_size)
         # no wall time in the history: it is part of a DVC out, which must be bit-identical
         # between two runs of the same params (the time goes to the log instead)
@@ -164,29 +205,159 @@ def save_result(result: TrainResult, arch: str, n_classes: int, folder: Path) ->
     pd.DataFrame(result.history).to_csv(folder / "history.csv", index=False)
 
 
-def _train_epoch(model, loader, optimizer, scheduler, weights, group_loss, device):
+def train_loader(
+    train_set: Dataset,
+    cfg: ClassifierConfig,
+    seed: int,
+    speed: Speed,
+    sample_weights: np.ndarray | None = None,
+) -> DataLoader:
+    """Shuffled batches of cfg.batch_size (or drawn with `sample_weights`), seeded by
+    `seed`; under several processes, this process's slice of each (RankBatches)."""
+    generator = torch.Generator().manual_seed(seed)
+    procs = process_state()
+    world = procs.num_processes
+    # a last batch of one sample (per process) would stop BatchNorm in training mode; drop
+    # only that one
+    drop_last = 0 < len(train_set) % cfg.batch_size < 2 * world
+    if sample_weights is not None:
+        sampler = WeightedRandomSampler(
+            torch.as_tensor(sample_weights, dtype=torch.double), len(train_set), generator=generator
+        )
+        loader_generator = None
+    else:
+        sampler = RandomSampler(train_set, generator=generator)
+        # the loader shares it, as DataLoader(shuffle=True, generator=...) does (its workers'
+        # base seed is drawn from it), so one process draws the batches it always drew
+        loader_generator = generator
+    batches = BatchSampler(sampler, cfg.batch_size, drop_last)
+    return DataLoader(
+        train_set,
+        batch_sampler=RankBatches(batches, procs.process_index, world),
+        generator=loader_generator,
+        num_workers=cfg.num_workers,
+        pin_memory=speed.pin_memory,
+        persistent_workers=cfg.num_workers > 0,
+    )
+
+
+def prepare_model(model: nn.Module, cfg: ClassifierConfig, speed: Speed) -> nn.Module:
+    """The module the training steps call: `model` in channels_last where `speed` says,
+    wrapped for data parallelism under several processes, compiled with cfg.compile."""
+    device = next(model.parameters()).device
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trained = data_parallel(model, device, process_state().num_processes)
+    return torch.compile(trained) if cfg.compile else trained
+
+
+def train_epoch(model, loader, optimizer, scheduler, weights, group_loss, speed):
+    """One epoch; the loss and accuracy of the whole train set, read back once at the end
+    (a `.item()` per step would wait for the GPU every step). Under several processes the
+    loss is the one process's loss of the whole batch (see `_local_surrogate`)."""
     model.train()
-    total_loss, total_correct, total = 0.0, 0, 0
-    for images, y, group, index in loader:
-        images, y = images.to(device), y.to(device)
-        logits = model(images)
-        losses = nn.functional.cross_entropy(logits, y, reduction="none")
+    device = next(model.parameters()).device
+    batches, world = loader.batch_sampler.batches, loader.batch_sampler.world
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    total_correct = torch.zeros((), dtype=torch.int64, device=device)
+    total = 0
+    for (images, y, group, index), batch_size in zip(loader, batch_sizes(batches)):
+        images, y = speed.to_device(images, device), y.to(device, non_blocking=speed.pin_memory)
+        with speed.autocast_context(device):
+            logits = model(images)
+        losses = nn.functional.cross_entropy(logits.float(), y, reduction="none")
+        correct = logits.argmax(1) == y
+        labels = torch.stack([y, group.to(device), index.to(device), correct.long()])
+        if world > 1:
+            sizes = split_sizes(batch_size, world)
+            all_losses, labels = gather_batch(losses.detach(), labels, sizes)
+            all_losses.requires_grad_()
+        else:
+            all_losses = losses
+        y_all, group_all, index_all, correct_all = labels
         if group_loss is not None:
-            loss = group_loss(losses, group.to(device))
+            loss = group_loss(all_losses, group_all)
         elif weights is None:
-            loss = losses.mean()
+            loss = all_losses.mean()
         else:
             # not divided by the batch's own weight sum: a batch of zero weights gives 0
-            loss = (losses * weights[index].to(device)).mean()
+            loss = (all_losses * weights.to(device)[index_all]).mean()
+        if world > 1:
+            loss = _local_surrogate(loss, all_losses, losses, sizes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total_loss += losses.detach().sum().item()
-        total_correct += (logits.argmax(1) == y).sum().item()
-        total += y.numel()
-    return total_loss / total, total_correct / total
+        total_loss += all_losses.detach().sum().double()
+        total_correct += correct_all.sum()
+        total += y_all.numel()
+    return total_loss.item() / total, total_correct.item() / total
+
+
+def data_parallel(model: nn.Module, device: torch.device, world: int) -> nn.Module:
+    """The model the steps call: itself, or under several processes wrapped in DDP (which
+    averages the gradients), with BatchNorm synchronised where torch supports it (GPUs; on
+    CPU each process normalises by its own slice of the batch)."""
+    if world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=[device.index])
+    return DistributedDataParallel(model)
+
+
+def batch_sizes(batches: BatchSampler) -> list[int]:
+    """The size of each global batch of an epoch, known without drawing it."""
+    n, size = len(batches.sampler), batches.batch_size
+    last = [] if batches.drop_last or n % size == 0 else [n % size]
+    return [size] * (n // size) + last
+
+
+def gather_batch(losses: torch.Tensor, labels: torch.Tensor, sizes: list[int]):
+    """Every process's per-sample losses (and its 4 x n label rows), in global batch order:
+    the slices of RankBatches (`sizes`, one per process) put back together."""
+    import torch.distributed as dist
+
+    world, width = len(sizes), sizes[0]
+    padded = torch.zeros(width, dtype=losses.dtype, device=losses.device)
+    padded[: len(losses)] = losses
+    padded_labels = torch.zeros(4, width, dtype=labels.dtype, device=labels.device)
+    padded_labels[:, : labels.shape[1]] = labels
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    label_parts = [torch.empty_like(padded_labels) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    dist.all_gather(label_parts, padded_labels)
+    return (
+        torch.cat([p[:k] for p, k in zip(parts, sizes)]),
+        torch.cat([p[:, :k] for p, k in zip(label_parts, sizes)], 1),
+    )
+
+
+def _local_surrogate(loss, all_losses, local_losses, sizes: list[int]) -> torch.Tensor:
+    """A loss whose gradient in this process, averaged over the processes by DDP, is the
+    gradient of `loss` (computed alike everywhere from every process's losses, so GroupDRO's
+    group weights and the loss weights see the whole batch): each process back-propagates
+    d loss / d its own losses, times the number of processes."""
+    import torch.distributed as dist
+
+    (grad,) = torch.autograd.grad(loss, all_losses)
+    start = sum(sizes[: dist.get_rank()])
+    mine = grad[start : start + len(local_losses)]
+    return (local_losses * mine).sum() * len(sizes)
+
+
+def sync_buffers(model: nn.Module, world: int) -> None:
+    """Process 0's BatchNorm statistics everywhere, so every process evaluates (and selects
+    the epoch of) one and the same model."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, 0)
 
 
 @torch.no_grad()
@@ -236,11 +407,15 @@ def fit_classifier(
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' is the GPU when there is one; results are bit-for-bit reproducible on CPU."""
+    """'auto' is the GPU when there is one (this process's own GPU under `accelerate
+    launch` / `torchrun`); results are bit-for-bit reproducible on CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "params.yaml: 'classifier.device' is cuda but no GPU is visible; use auto or cpu"
         )
+    if name == "cuda":
+        device = process_state().device
+        return device if device.index is not None else torch.device("cuda", 0)
     return torch.device(name)

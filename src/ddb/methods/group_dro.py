@@ -23,14 +23,16 @@ class GroupDROLoss:
 
     def __call__(self, losses: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         device = losses.device
+        if self.q.device != device:  # kept where the losses are: no copy back per step
+            self.q, self.adjust = self.q.to(device), self.adjust.to(device)
         counts = torch.bincount(group, minlength=self.n_groups).float()
         sums = torch.zeros(self.n_groups, device=device).index_add(0, group, losses)
         group_loss = sums / counts.clamp(min=1)
-        present = (counts > 0).float().cpu()  # absent groups keep their weight
-        step = self.step_size * (group_loss.detach().cpu() + self.adjust) * present
+        present = (counts > 0).float()  # absent groups keep their weight
+        step = self.step_size * (group_loss.detach() + self.adjust) * present
         self.q = self.q * torch.exp(step)
         self.q = self.q / self.q.sum()
-        return (self.q.to(device) * group_loss).sum()
+        return (self.q * group_loss).sum()
 
 
 def train(config, root, table, groups):

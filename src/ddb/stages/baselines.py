@@ -9,9 +9,10 @@ import logging
 
 from ddb import paths
 from ddb.config import Config, with_recipe
+from ddb.distributed import main_process_output
 from ddb.methods import method
 from ddb.training import load_training_data, save_result
-from ddb.utils import atomic_path, check_writable
+from ddb.utils import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 def run(config: Config) -> None:
     check_writable(paths.BASELINES)
     root, table, groups = load_training_data(config)
-    with atomic_path(paths.BASELINES) as out:
+    with main_process_output(paths.BASELINES) as out:
         out.mkdir()
         for name in config.baselines.methods:
             log.info("baseline %s", name)

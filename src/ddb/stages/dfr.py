@@ -13,9 +13,9 @@ import pandas as pd
 from ddb import paths
 from ddb.config import Config
 from ddb.data.waterbirds import load_indexed
+from ddb.distributed import main_process_output
 from ddb.methods import dfr
 from ddb.models.classifier import load_classifier, save_classifier
-from ddb.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def run(config: Config) -> None:
     root, table, groups = load_indexed(config.data)
     erm_model = load_classifier(paths.ERM / "model.pt")
     result = dfr.train(config, root, table, groups, erm_model)
-    with atomic_path(paths.DFR) as out:
+    with main_process_output(paths.DFR) as out:
         out.mkdir()
         save_classifier(result.model, config.classifier.arch, groups.n_classes, out / "model.pt")
         pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)

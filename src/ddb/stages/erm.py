@@ -16,9 +16,10 @@ import pandas as pd
 from ddb import paths
 from ddb.config import Config, with_recipe
 from ddb.data.waterbirds import ImageTable, split_table
+from ddb.distributed import main_process_output
 from ddb.models.classifier import eval_transform
 from ddb.training import fit_classifier, load_training_data, predict, save_result
-from ddb.utils import atomic_path, check_writable
+from ddb.utils import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def run(config: Config) -> None:
     )
     train_set = ImageTable(root, train, eval_transform(config.data.image_size))
     outputs = per_sample_outputs(result.model, train_set, train)
-    with atomic_path(paths.ERM) as out:
+    with main_process_output(paths.ERM) as out:
         save_result(result, config.classifier.arch, groups.n_classes, out)
         outputs.to_csv(out / "train_outputs.csv", index=False)
     log.info("saved %s", paths.ERM)

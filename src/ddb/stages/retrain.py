@@ -39,6 +39,7 @@ from torch.utils.data import ConcatDataset
 from ddb import paths
 from ddb.config import Config
 from ddb.data.waterbirds import ImageTable, load_indexed, split_table
+from ddb.distributed import main_process_output, process_state
 from ddb.models.classifier import (
     eval_transform,
     load_classifier,
@@ -46,7 +47,7 @@ from ddb.models.classifier import (
     train_transform,
 )
 from ddb.training import resolve_device, save_result, train_classifier
-from ddb.utils import atomic_path, remove_stale_temporaries, seed_everything, write_json
+from ddb.utils import remove_stale_temporaries, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ def retrain(config: Config, manifest_path: Path, out_dir: Path) -> None:
         root, split_table(table, "train"), paths.GENERATE, generated, size, cfg
     )
     val_set = ImageTable(root, split_table(table, "val"), eval_transform(size))
-    remove_stale_temporaries(out_dir)
-    with atomic_path(out_dir) as out:  # its temporary folder: the work in progress
+    if process_state().is_main_process:
+        remove_stale_temporaries(out_dir)
+    with main_process_output(out_dir) as out:  # its temporary folder: the work in progress
         out.mkdir()
         seed_everything(config.retrain.seed)
         model = load_classifier(paths.ERM / "model.pt")
