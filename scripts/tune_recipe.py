@@ -45,23 +45,30 @@ def main() -> None:
     root, table, groups = load_indexed(config.data)
     test_set = ImageTable(root, split_table(table, "test"), eval_transform(config.data.image_size))
     for change in grid(sys.argv[1:]):
-        trial = dataclasses.replace(config, classifier=dataclasses.replace(config.classifier, **change))
+        trial = dataclasses.replace(
+            config, classifier=dataclasses.replace(config.classifier, **change)
+        )
         start = time.perf_counter()
         result = fit_classifier(
             with_recipe(trial, trial.erm.recipe), root, table, groups.n_classes, trial.erm.seed
         )
         test = evaluate_split(result.model, test_set)
         best = max(result.history, key=lambda row: (row["val_wga"], row["val_mean_acc"]))
-        print(json.dumps({
-            **change,
-            "val_wga": round(best["val_wga"], 3),
-            "val_mean_acc": round(best["val_mean_acc"], 3),
-            "best_epoch": result.best_epoch,
-            "val_wga_per_epoch": [round(row["val_wga"], 3) for row in result.history],
-            "test_wga": round(test["wga"], 3),
-            "test_mean_acc": round(test["mean_acc"], 3),
-            "seconds": round(time.perf_counter() - start),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    **change,
+                    "val_wga": round(best["val_wga"], 3),
+                    "val_mean_acc": round(best["val_mean_acc"], 3),
+                    "best_epoch": result.best_epoch,
+                    "val_wga_per_epoch": [round(row["val_wga"], 3) for row in result.history],
+                    "test_wga": round(test["wga"], 3),
+                    "test_mean_acc": round(test["mean_acc"], 3),
+                    "seconds": round(time.perf_counter() - start),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

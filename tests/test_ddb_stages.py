@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +18,12 @@ import torch
 from PIL import Image
 
 from ddb import paths
-from ddb.config import PruneConfig
+from ddb.config import GenerateConfig, PruneConfig
 from ddb.data.waterbirds import DataError, Groups, read_metadata
 from ddb.models.classifier import build_classifier, save_classifier
 from ddb.models.inversion import save_learned_embeds
 from ddb.stages import generate, prune, retrain, score, segment, select
-from tests.conftest import indexed, tiny_config
+from tests.conftest import indexed, tiny_config, tiny_params
 from tests.tiny_models import tiny_inpaint_pipeline
 
 # ---- select -------------------------------------------------------------------------
@@ -199,6 +203,54 @@ def test_generate_discards_shards_made_under_other_params(generation_inputs, mon
     assert (paths.GENERATE / "shards/shard_00000/000000.png").read_bytes() != first
 
 
+def test_padding_and_batch_company_change_no_image():
+    """Each image has its own seed: alone, in a batch, or in a batch padded to a fixed
+    shape with copies of its last job (as on a GPU), it comes out the same."""
+    pipe = generate.optimize_pipeline(tiny_inpaint_pipeline())
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(3)]
+    masks = [np.zeros((24, 24), bool) for _ in range(3)]
+    for i, mask in enumerate(masks):
+        mask[4 : 16 + i, 6:18] = True
+    prompts, seeds = ["a photo of a bird", "a photo of a crow", "a photo of a bird"], [5, 6, 7]
+    cfg = GenerateConfig(steps=2)
+    together = generate.generate_batch(pipe, images, masks, prompts, seeds, cfg)
+    padded = generate.generate_batch(pipe, images, masks, prompts, seeds, cfg, pad_to=5)
+    alone = [
+        generate.generate_batch(pipe, [im], [m], [p], [s], cfg)[0]
+        for im, m, p, s in zip(images, masks, prompts, seeds)
+    ]
+    assert len(padded) == 3
+    for a, b, c in zip(together, padded, alone):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_optimize_pipeline_leaves_a_cpu_pipeline_as_loaded(caplog):
+    """On CPU, where the committed outputs were made: float32, default memory layout, no
+    compilation (generate.compile is ignored, with a log line); attention is SDPA, the
+    processor diffusers already picks, and a classic processor is replaced by it."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipe = tiny_inpaint_pipeline()
+    pipe.vae.set_attn_processor(AttnProcessor())
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="ddb.stages.generate"):
+        assert generate.optimize_pipeline(pipe, compile=True) is pipe
+    assert "generate.compile is ignored on cpu" in caplog.text
+    for model in (pipe.unet, pipe.vae):
+        assert {type(p).__name__ for p in model.attn_processors.values()} == {"AttnProcessor2_0"}
+        assert model._compiled_call_impl is None
+        assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+    assert all(torch.equal(weights[k], v) for k, v in pipe.unet.state_dict().items())
+
+
+def test_generate_dtype_auto_is_float16_on_a_gpu_and_float32_on_cpu():
+    assert generate.resolve_dtype("auto", "cpu") == torch.float32  # the committed outputs
+    assert generate.resolve_dtype("auto", "cuda") == torch.float16  # the paper's
+    assert generate.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert generate.resolve_dtype("float32", "cuda") == torch.float32
+
+
 def _reference_run(config, folder: Path) -> Path:
     """An uninterrupted, single-process generate run, moved to `folder` to compare against."""
     generate.run(config)
@@ -241,6 +293,40 @@ def test_integrated_gradients_vanish_where_sample_and_source_agree():
     assert attribution.shape == (2, 32, 32)
     assert attribution[:, outside].abs().max() == 0
     assert attribution[:, ~outside].abs().sum() > 0
+
+
+def test_score_on_cpu_is_the_float32_computation_and_autocast_stays_close():
+    """score.dtype auto on CPU: no autocast, the numbers of plain float32 softmax and of
+    captum's IG with every step of every sample in one pass, bit for bit (what made the
+    committed scores). bfloat16 autocast, a GPU's default, computes the same, coarser."""
+    from captum.attr import IntegratedGradients
+
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 2).eval()
+    x_new, x_source = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    mask = (torch.rand(3, 32, 32) > 0.5).float()
+    old, new = np.array([0, 1, 0]), np.array([1, 0, 1])
+    cpu = torch.device("cpu")
+    assert score.autocast_dtype("auto", cpu) is None
+    assert score.autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    args = (model, x_new, x_source, mask, old, new, 4, model)
+    result = score.score_tensors(*args, score.autocast_dtype("auto", cpu))
+    rows = torch.arange(3)
+    with torch.no_grad():
+        probs_new, probs_source = torch.softmax(model(x_new), 1), torch.softmax(model(x_source), 1)
+    ig = IntegratedGradients(model).attribute(
+        x_new, baselines=x_source, target=torch.as_tensor(new), n_steps=4, internal_batch_size=12
+    )
+    ig = ig.sum(1)
+    assert np.array_equal(result["p_new"], probs_new[rows, new].numpy())
+    assert np.array_equal(result["p_old"], probs_new[rows, old].numpy())
+    assert np.array_equal(result["p_old_source"], probs_source[rows, old].numpy())
+    assert np.array_equal(result["p_independent"], probs_new[rows, new].numpy())
+    assert np.array_equal(result["attribution"], ig.numpy().astype(np.float16))
+    assert np.array_equal(result["attr_sum"], (ig * mask).flatten(1).sum(1).numpy())
+    low = score.score_tensors(*args, torch.bfloat16)
+    assert low["p_new"] == pytest.approx(result["p_new"], abs=0.05)
+    assert low["attr_score"] == pytest.approx(result["attr_score"], abs=0.1)
 
 
 # ---- prune --------------------------------------------------------------------------
@@ -344,8 +430,6 @@ class FakeState:
 def test_generate_shards_split_by_process_index_add_up_to_one_run(
     generation_inputs, monkeypatch, tmp_path
 ):
-    import accelerate
-
     config = generation_inputs
     reference = _reference_run(config, tmp_path / "one_process")
     # what the main process does before the first barrier: prepare the output folder
@@ -357,7 +441,7 @@ def test_generate_shards_split_by_process_index_add_up_to_one_run(
     written = {}
     write_shard = generate.write_shard
     for index in (1, 0):  # the second process first: the main one writes the manifest
-        monkeypatch.setattr(accelerate, "PartialState", lambda i=index: FakeState(i, 2))
+        monkeypatch.setattr(generate, "process_state", lambda i=index: FakeState(i, 2))
         monkeypatch.setattr(
             generate,
             "write_shard",
@@ -366,3 +450,46 @@ def test_generate_shards_split_by_process_index_add_up_to_one_run(
         generate.run(config)
     assert written == {1: ["shard_00001"], 0: ["shard_00000"]}
     assert _same_tree(reference, paths.GENERATE)
+
+
+def _run_stage(cwd: Path, stage: str, processes: int) -> str:
+    """`python -m ddb <stage>` in `cwd`, as `processes` processes under torchrun (gloo on
+    CPU) or, for one, plain; one thread each, so that both compute the same bits."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launch += ["--nproc_per_node", str(processes)]
+    command = [*launch, "-m", "ddb"] if processes > 1 else [sys.executable, "-m", "ddb"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    out = subprocess.run(
+        [*command, stage], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, f"{stage} x{processes}:\n{out.stdout}\n{out.stderr[-4000:]}"
+    return out.stderr
+
+
+@pytest.mark.slow
+def test_generate_and_score_in_two_processes_equal_one(generation_inputs, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo between CPU processes): generate's shards and
+    score's batches are split by process index, and the merged outputs are one process's."""
+    config = generation_inputs
+    Path("params.yaml").write_text(
+        tiny_params(
+            config.data.root,
+            models={"diffusion": config.models.diffusion},
+            generate={"steps": 2, "shard_size": 2, "batch_size": 2, "samples_per_source": 1},
+            score={"batch_size": 1, "ig_steps": 3},  # 4 batches: 0, 2 and 1, 3 per process
+        )
+    )
+    torch.manual_seed(0)
+    save_classifier(build_classifier("resnet18", 2), "resnet18", 2, paths.ERM / "model.pt")
+    for stage, output in (("generate", paths.GENERATE), ("score", paths.SCORE)):
+        _run_stage(Path.cwd(), stage, 1)
+        reference = output.rename(tmp_path / f"{stage}_one")
+        log = _run_stage(Path.cwd(), stage, 2)
+        share = "1 to do here" if stage == "generate" else "in 4 batches, 2 here"
+        assert log.count(share) == 2, log  # two processes, each its half
+        assert _same_tree(reference, output), stage
+        if stage == "generate":  # score reads it
+            assert len(pd.read_csv(output / "manifest.csv")) == 4
+    assert not paths.SCORE.with_name("score.parts").exists()
+    assert len(pd.read_csv(paths.SCORE / "scores.csv")) == 4

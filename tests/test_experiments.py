@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from ddb import experiments
 from ddb.config import Config
@@ -143,3 +144,16 @@ def test_missing_requirements_names_data_and_checkpoints(tmp_path):
     )
     needed = [m.split(" ")[0] for m in experiments.missing_requirements(langsam)]
     assert needed == ["models.detector", "models.sam"]  # not in this (empty) HF cache
+
+
+def test_queue_only_queues_every_run_and_starts_none(monkeypatch, tmp_path):
+    """`--queue-only` leaves the workers to the user (one GPU each): every control queued
+    under its name, no `--run-all`, no table read or written."""
+    commands = []
+    monkeypatch.setattr(experiments.subprocess, "run", lambda cmd, **kw: commands.append(cmd))
+    monkeypatch.setattr(experiments, "exp_show", lambda: pytest.fail("read the results"))
+    message = experiments.ablations(Config(), only=["ddb", "copy-paste"], queue_only=True)
+    queued = [c for c in commands if c[:4] == ["dvc", "exp", "run", "--queue"]]
+    assert [c[5] for c in queued] == ["ablation-ddb", "ablation-copy-paste"]
+    assert not any("--run-all" in c for c in commands)
+    assert "ablation-ddb, ablation-copy-paste" in message and "--collect-only" in message

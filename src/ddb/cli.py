@@ -61,10 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         ("ablations", "run the controls as DVC experiments; write reports/ablations.md"),
     ):
         command = commands.add_parser(name, help=help_text)
-        command.add_argument(
+        when = command.add_mutually_exclusive_group()
+        when.add_argument(
             "--collect-only",
             action="store_true",
             help="run nothing: rebuild the report from the experiments DVC already has",
+        )
+        when.add_argument(
+            "--queue-only",
+            action="store_true",
+            help="queue the experiments and stop: start the workers yourself (`dvc queue "
+            "start`, one GPU each: README), then run again with --collect-only",
         )
     commands.choices["ablations"].add_argument(
         "--only", nargs="+", metavar="NAME", help="run only these controls (default: all)"
@@ -95,12 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "paper-table":
             from ddb.experiments import paper_table
 
-            print(paper_table(config, collect_only=args.collect_only))
+            print(paper_table(config, args.collect_only, args.queue_only))
             return 0
         if args.command == "ablations":
             from ddb.experiments import ablations
 
-            print(ablations(config, args.collect_only, args.only))
+            print(ablations(config, args.collect_only, args.only, args.queue_only))
             return 0
         module, function = ENTRY_POINTS.get(args.command, (args.command, "run"))
         getattr(importlib.import_module(f"ddb.stages.{module}"), function)(config)

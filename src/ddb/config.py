@@ -130,6 +130,9 @@ class ClassifierConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
     num_workers: int = 0
     device: str = "auto"  # auto (GPU if present) | cpu | cuda
+    # on CUDA: bf16 autocast, channels_last, fused optimizer (no effect on CPU)
+    amp: bool = True
+    compile: bool = False  # torch.compile the classifier (minutes of compiling first)
 
     def validate(self) -> None:
         _require_choice("classifier.device", self.device, ("auto", "cpu", "cuda"))
@@ -319,6 +322,10 @@ class InvertConfig:
         _require_choice("invert.device", self.device, ("auto", "cpu", "cuda"))
 
 
+# generate.dtype / score.dtype: "auto" picks per device (see each stage's doc)
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
     """DDB step 5: repaint each source's causal region as another class."""
@@ -332,9 +339,12 @@ class GenerateConfig:
     samples_per_source: int = 1  # per target class
     shard_size: int = 128  # generated images per resumable shard
     seed: int = 0
+    dtype: str = "auto"  # auto (float16 on a GPU, as the paper; float32 on CPU) | float32 | ...
+    compile: bool = False  # torch.compile the UNet and VAE decoder (GPU only; ignored on CPU)
 
     def validate(self) -> None:
         _require_choice("generate.method", self.method, ("diffusion", "copy_paste"))
+        _require_choice("generate.dtype", self.dtype, DTYPES)
         for field_ in ("{token}", "{class_name}"):
             _require(field_ in self.prompt, "generate.prompt", f"must contain {field_}")
         for key in ("steps", "batch_size", "samples_per_source", "shard_size"):
@@ -349,9 +359,11 @@ class ScoreConfig:
 
     ig_steps: int = 20  # integrated-gradients steps from the source to the sample
     batch_size: int = 32
+    dtype: str = "auto"  # autocast: auto (bfloat16 on a GPU, float32 on CPU) | float32 | ...
 
     def validate(self) -> None:
         _require(self.ig_steps >= 2, "score.ig_steps", "must be >= 2")
+        _require_choice("score.dtype", self.dtype, DTYPES)
         _require(self.batch_size >= 1, "score.batch_size", "must be >= 1")
 
 
@@ -454,6 +466,9 @@ class FoundationConfig:
     unet_max_seconds: float = 200  # > 0: stop the UNet early at this budget (cosine follows it)
     caption_dropout: float = 0.1  # so that classifier-free guidance works
     ema_decay: float = 0.999
+    # torch.compile the UNet step (CUDA graphs on a GPU); its compile time counts against
+    # unet_max_seconds. The committed build trained without it.
+    compile: bool = False
 
     def validate(self) -> None:
         levels = len(self.vae_channels)

@@ -159,8 +159,9 @@ def override_args(overrides: dict[str, Any]) -> list[str]:
     return args
 
 
-def run_queue(runs: dict[str, dict[str, Any]]) -> None:
-    """Queue each run under its name (replacing an older one of that name), run them all."""
+def run_queue(runs: dict[str, dict[str, Any]], start: bool = True) -> None:
+    """Queue each run under its name (replacing an older one of that name); with `start`,
+    run them all, one at a time."""
     for name, overrides in runs.items():
         subprocess.run(["dvc", "exp", "remove", name], capture_output=True)
         # Target `report`: every stage the tables read, not foundation_report (which
@@ -168,7 +169,16 @@ def run_queue(runs: dict[str, dict[str, Any]]) -> None:
         cmd = ["dvc", "exp", "run", "--queue", "-n", name, *override_args(overrides), "report"]
         log.info("queue: %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
-    subprocess.run(["dvc", "exp", "run", "--run-all", "-j", "1"], check=True)
+    if start:
+        subprocess.run(["dvc", "exp", "run", "--run-all", "-j", "1"], check=True)
+
+
+def queued_message(names: list[str], command: str) -> str:
+    return (
+        f"queued {len(names)} experiments ({', '.join(names)}); start the workers (`dvc queue "
+        f"start -j N`, one GPU each: README, More than one GPU), wait for `dvc queue status`, "
+        f"then `ddb {command} --collect-only`"
+    )
 
 
 # ---- reading the results -----------------------------------------------------------------
@@ -460,7 +470,7 @@ def _pct(value) -> str:
 # ---- the two commands ----------------------------------------------------------------------
 
 
-def paper_table(config: Config, collect_only: bool = False) -> str:
+def paper_table(config: Config, collect_only: bool = False, queue_only: bool = False) -> str:
     from ddb.config import profile_config
     from ddb.utils import write_text
 
@@ -470,7 +480,9 @@ def paper_table(config: Config, collect_only: bool = False) -> str:
         log.warning("%s: not run, missing %s", dataset, "; ".join(what))
     runs = paper_runs([d for d in datasets if d not in missing], config.report.seeds)
     if not collect_only:
-        run_queue({name: overrides for name, (_, _, overrides) in runs.items()})
+        run_queue({name: overrides for name, (_, _, overrides) in runs.items()}, not queue_only)
+        if queue_only:
+            return queued_message(list(runs), "paper-table")
     results = collect_paper_results(experiments_by_name(exp_show()), runs)
     text = paper_table_markdown(results, missing, list(datasets), config.report.seeds)
     write_text(paths.REPORTS / "paper_table.md", text)
@@ -478,7 +490,12 @@ def paper_table(config: Config, collect_only: bool = False) -> str:
     return text
 
 
-def ablations(config: Config, collect_only: bool = False, only: list[str] | None = None) -> str:
+def ablations(
+    config: Config,
+    collect_only: bool = False,
+    only: list[str] | None = None,
+    queue_only: bool = False,
+) -> str:
     from ddb.utils import write_text
 
     names = only or list(ABLATIONS)
@@ -486,7 +503,10 @@ def ablations(config: Config, collect_only: bool = False, only: list[str] | None
     if unknown:
         raise ValueError(f"unknown ablation(s) {unknown}; known: {', '.join(ABLATIONS)}")
     if not collect_only:
-        run_queue({f"ablation-{name}": ABLATIONS[name][1] for name in names})
+        runs = {f"ablation-{name}": ABLATIONS[name][1] for name in names}
+        run_queue(runs, not queue_only)
+        if queue_only:
+            return queued_message(list(runs), "ablations")
     experiments = experiments_by_name(exp_show())
     shown = [f"ablation-{name}" for name in ABLATIONS]  # the table has a row for each
     text = ablations_markdown(with_full_metrics(experiments, shown))

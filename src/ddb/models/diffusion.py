@@ -116,7 +116,7 @@ def train_vae(
     `max_seconds` as in `train_inpainting`."""
     progress = _progress(steps, max_seconds, time.perf_counter())
     vae.to(device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = _adamw(vae.parameters(), lr, 0.0, fused=torch.device(device).type == "cuda")
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * progress(s)))
     )
@@ -240,6 +240,91 @@ def variant_masks(corpus: dict, rows: slice, device) -> torch.Tensor:
     return torch.cat(masks, 1)
 
 
+class InpaintingStep:
+    """One optimisation step of the SD inpainting objective, a callable on a drawn batch
+    that returns its loss as a device scalar; `train_inpainting` loops over it and
+    benchmarks/unet_step.py times it. It owns the optimiser (AdamW, weight decay 1e-2),
+    the learning-rate schedule (`lr_lambda` of the step), gradient clipping at norm 1 and
+    the EMA weights (`finish` copies them into the models).
+
+    Nothing in a step reads a device value back, so on a GPU the host only queues kernels.
+    `fused` is AdamW's fused kernel (default: on CUDA, and with `compile`: the fast path
+    on CPU too; off, AdamW is torch's default). `compile` wraps the text encoder
+    and UNet forward and the loss in `torch.compile`: CUDA graphs (mode "reduce-overhead")
+    on a GPU, the default mode on CPU; `backend` is torch.compile's ("aot_eager" traces
+    the same graphs without generating code: the CPU tests use it). Batches must keep one
+    shape (they do: the batch size is fixed), or each new shape compiles again.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        scale: float,
+        lr: float,
+        lr_lambda: Callable[[int], float],
+        ema_decay: float,
+        device,
+        fused: bool | None = None,
+        compile: bool = False,
+        backend: str = "inductor",
+    ):
+        self.device = device = torch.device(device)
+        self.cuda = device.type == "cuda"
+        self.unet, self.text_encoder, self.scale = unet, text_encoder, scale
+        self.models = (unet.to(device).train(), text_encoder.to(device).train())
+        self.params = list(unet.parameters()) + list(text_encoder.parameters())
+        fused = (self.cuda or compile) if fused is None else fused
+        self.optimizer = _adamw(self.params, lr, 1e-2, fused)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        self.emas = [EMAModel(m.parameters(), decay=ema_decay, foreach=True) for m in self.models]
+        for ema in self.emas:
+            ema.to(device)
+        alphas = DDPMScheduler(**SCHEDULER).alphas_cumprod.to(device)
+        self.signal, self.noise_level = alphas.sqrt(), (1 - alphas).sqrt()  # frozen: once
+        self.compiled = compile
+        self.loss = self._loss
+        if compile:
+            mode = "reduce-overhead" if self.cuda and backend == "inductor" else None
+            self.loss = torch.compile(self._loss, mode=mode, backend=backend)
+
+    def _loss(self, latents, masked, mask, ids, noise, t) -> torch.Tensor:
+        latents, masked = latents * self.scale, masked * self.scale
+        noisy = (  # DDPMScheduler.add_noise
+            self.signal[t][:, None, None, None] * latents
+            + self.noise_level[t][:, None, None, None] * noise
+        )
+        with _autocast(self.device):
+            text = self.text_encoder(ids)[0]
+            pred = self.unet(torch.cat([noisy, mask, masked], 1), t, text).sample
+        return F.mse_loss(pred.float(), noise)
+
+    def __call__(self, latents, masked, mask, ids, generator: torch.Generator) -> torch.Tensor:
+        """One step on a `LatentCorpus.draw` batch (unscaled latents); noise and timesteps
+        come from `generator` (outside the compiled part: a generator breaks its graph)."""
+        noise = torch.randn(latents.shape, generator=generator, device=self.device)
+        steps = SCHEDULER["num_train_timesteps"]
+        t = torch.randint(0, steps, (len(latents),), device=self.device, generator=generator)
+        self.optimizer.zero_grad(set_to_none=True)  # before the forward: graphs reuse memory
+        if self.compiled and self.cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = self.loss(latents, masked, mask, ids, noise, t)
+        loss.backward()
+        # the norm stays on the device: clipping multiplies by min(1, 1 / norm), no branch
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=self.cuda or None)
+        self.optimizer.step()
+        self.schedule.step()
+        for ema, module in zip(self.emas, self.models, strict=True):
+            ema.step(module.parameters())
+        return loss.detach().clone()  # a CUDA graph's output is overwritten by its next replay
+
+    def finish(self) -> None:
+        """Copy the EMA weights into the models, which are left in eval mode."""
+        for ema, module in zip(self.emas, self.models, strict=True):
+            ema.copy_to(module.parameters())
+            module.eval()
+
+
 def train_inpainting(
     vae: AutoencoderKL,
     unet: UNet2DConditionModel,
@@ -255,6 +340,7 @@ def train_inpainting(
     device,
     mask_weights=(0.4, 0.35, 0.25),
     max_seconds: float = 0,
+    compile: bool = False,
 ) -> list[float]:
     """The SD inpainting objective: predict the noise of the latents given the mask and
     the masked image's latents; the text encoder trains jointly (it has no pretraining).
@@ -262,59 +348,33 @@ def train_inpainting(
     has an unconditional model to contrast with. EMA weights are what gets saved.
     `max_seconds` > 0 stops early at that wall-clock budget (the step count is then in the
     returned losses); the cosine learning rate then follows whichever budget, steps or
-    seconds, runs out first, so a timed run still ends on a decayed rate."""
-    start = time.perf_counter()
-    noise_scheduler = DDPMScheduler(**SCHEDULER)
-    alphas = noise_scheduler.alphas_cumprod.to(device)
+    seconds, runs out first, so a timed run still ends on a decayed rate. `compile`: as in
+    `InpaintingStep` (its compilation counts against the budget)."""
+    progress = _progress(steps, max_seconds, time.perf_counter())
     vae.to(device).eval().requires_grad_(False)
-    unet.to(device).train()
-    text_encoder.to(device).train()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    warmup = min(500, steps // 10 + 1)
-    progress = _progress(steps, max_seconds, start)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * progress(s))),
+    train_step = InpaintingStep(
+        unet,
+        text_encoder,
+        vae.config.scaling_factor,
+        lr,
+        warmup_cosine(steps, progress),
+        ema_decay,
+        device,
+        compile=compile,
     )
-    ema_unet = EMAModel(unet.parameters(), decay=ema_decay, foreach=True)
-    ema_text = EMAModel(text_encoder.parameters(), decay=ema_decay, foreach=True)
-    ema_unet.to(device)
-    ema_text.to(device)
-    scale = vae.config.scaling_factor
     data = LatentCorpus(corpus, vae, tokenizer, device, mask_weights)
     generator = torch.Generator(device).manual_seed(seed)
     step_losses = []  # device scalars: reading each one back would sync every step
     for step in (bar := tqdm(range(steps), desc="foundation unet", unit="step")):
-        latents, masked, small_mask, ids = data.draw(batch_size, caption_dropout, generator)
-        latents, masked = latents * scale, masked * scale
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        t = torch.randint(
-            0, SCHEDULER["num_train_timesteps"], (batch_size,), device=device, generator=generator
+        step_losses.append(
+            train_step(*data.draw(batch_size, caption_dropout, generator), generator)
         )
-        a = alphas[t][:, None, None, None]
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise  # DDPMScheduler.add_noise
-        with _autocast(device):
-            text = text_encoder(ids)[0]
-            pred = unet(torch.cat([noisy, small_mask, masked], 1), t, text).sample
-        loss = F.mse_loss(pred.float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        ema_unet.step(unet.parameters())
-        ema_text.step(text_encoder.parameters())
-        step_losses.append(loss.detach())
         if step % 50 == 49:
             bar.set_postfix(loss=f"{torch.stack(step_losses[-50:]).mean().item():.4f}")
         if progress(step + 1) >= 1:
             log.info("unet: time budget of %.0f s reached after %d steps", max_seconds, step + 1)
             break
-    ema_unet.copy_to(unet.parameters())
-    ema_text.copy_to(text_encoder.parameters())
-    unet.eval()
-    text_encoder.eval()
+    train_step.finish()
     return torch.stack(step_losses).tolist()
 
 
@@ -375,6 +435,13 @@ def inpaint(
     return np.where(masks[..., None], generated, images)
 
 
+def warmup_cosine(steps: int, progress: Callable[[int], float]) -> Callable[[int], float]:
+    """The UNet's learning-rate factor after s steps: linear warm-up over min(500,
+    steps / 10 + 1) steps, times a cosine over `progress` (see `_progress`)."""
+    warmup = min(500, steps // 10 + 1)
+    return lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * progress(s)))
+
+
 def _progress(steps: int, max_seconds: float, start: float) -> Callable[[int], float]:
     """Training progress in [0, 1] after s steps: the larger of the step fraction and, with
     a time budget, the elapsed fraction of it."""
@@ -386,6 +453,12 @@ def _progress(steps: int, max_seconds: float, start: float) -> Callable[[int], f
         return min(1.0, done)
 
     return progress
+
+
+def _adamw(params, lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:
+    """AdamW; `fused`: one fused kernel for all parameters (on CUDA), else torch's default
+    (foreach on CUDA, a loop on CPU)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def _groups(channels: list[int]) -> int:

@@ -99,6 +99,7 @@ def train_inpainting_pipeline(cfg, corpus: dict, tokenizer, device):
         seed=cfg.seed,
         device=device,
         max_seconds=cfg.unet_max_seconds,
+        compile=cfg.compile,
     )
     pipe = diffusion.make_pipeline(vae, unet, text_encoder, tokenizer)
     return pipe, {"vae": vae_losses, "unet": unet_losses}

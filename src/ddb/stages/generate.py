@@ -21,8 +21,19 @@ models/generate: the output is absent or complete, never half written, and a run
 complete one (`dvc repro --force`, changed deps) starts from scratch. A fingerprint of
 everything the images depend on (params, inputs, the pipeline's weights, this code) guards
 the resume: if any changed since the interruption, the old shards are discarded. Under
-`accelerate launch` the shards are spread over the processes by index; plain
+`accelerate launch` or `torchrun` the shards are spread over the processes by index; plain
 `python -m ddb generate` runs them all in one process.
+
+Speed on a GPU (`optimize_pipeline`, the one function a benchmark calls to do what this
+stage does): the pipeline in `generate.dtype` (auto: float16 as the paper; bfloat16 where
+the GPU has it, on request), PyTorch's fused attention (SDPA, diffusers' AttnProcessor2_0),
+channels_last UNet and VAE, and with `generate.compile` the UNet and the VAE decoder
+compiled by `torch.compile`. Every batch has the same shape there (a short last batch is
+padded by repeating its last job, whose copies are discarded: with per-image seeds they
+change no image), so compiled graphs and cuDNN's autotuned kernels are reused; a
+background thread decodes and resizes the next batch's images, and saves the last batch's,
+while the current one denoises. On CPU none of this applies (float32, no padding, no
+compile): the committed outputs were made there, and stay bit-identical.
 
 Writes models/generate/: shards/shard_NNNNN/{NNNNNN.png, shard.csv}, fingerprint.json and
 manifest.csv (Waterbirds columns img_filename (relative to models/generate), y = i',
@@ -39,6 +50,7 @@ import logging
 import os
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +60,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from ddb import paths
-from ddb.config import Config
+from ddb.config import Config, ConfigError
 from ddb.data.corpus import dilate
 from ddb.data.masks import load_mask
 from ddb.data.waterbirds import DataError, groups_of, load_image, load_indexed
+from ddb.distributed import process_state
 from ddb.models.diffusion import inpaint
 from ddb.models.inversion import load_learned_embeds, prompt_token
 from ddb.models.loaders import load_inpaint_pipeline
@@ -74,9 +87,7 @@ MANIFEST_COLUMNS = [
 
 
 def run(config: Config) -> None:
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     out = paths.GENERATE
     segments = pd.read_csv(paths.SEGMENT / "segments.csv")
     class_names = groups_of(config.data).class_names
@@ -258,42 +269,110 @@ def prepare_output(work: Path, fingerprint: dict, n_shards: int) -> None:
 
 
 def load_pipeline(config: Config, class_names, device):
-    """The inpainting pipeline with every class's learned token (fp16 on a GPU, as the paper)."""
-    dtype = torch.float16 if torch.device(device).type == "cuda" else None
+    """The inpainting pipeline with every class's learned token, in `generate.dtype` and
+    made fast for its device by `optimize_pipeline`."""
+    dtype = resolve_dtype(config.generate.dtype, device)
     pipe = load_inpaint_pipeline(config.models.diffusion, device, dtype)
     if config.invert.num_images > 0:  # else the no-inversion control: class words
         for name in class_names:
             load_learned_embeds(pipe, paths.INVERT / name / "learned_embeds.safetensors")
+    return optimize_pipeline(pipe, compile=config.generate.compile)
+
+
+def resolve_dtype(name: str, device) -> torch.dtype:
+    """`generate.dtype`: auto is float16 on a GPU (the paper's, today's) and float32 on CPU."""
+    kind = torch.device(device).type
+    if name == "auto":
+        return torch.float16 if kind == "cuda" else torch.float32
+    if name == "bfloat16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"params.yaml: generate.dtype is bfloat16, which {torch.cuda.get_device_name()} "
+            "does not compute in; use float16 (or auto)"
+        )
+    return getattr(torch, name)
+
+
+def optimize_pipeline(pipe, compile: bool = False):
+    """What the stage does to a loaded pipeline for speed (see the module doc); returns it.
+
+    Fused attention (SDPA) everywhere diffusers would use the classic processor; on a GPU
+    also channels_last weights, cuDNN autotuning (for the fixed batch shape) and, with
+    `compile`, `torch.compile` of the UNet and the VAE decoder (the first batch pays for
+    the compilation, minutes at 512 px). On CPU the pipeline is left as loaded, and
+    `compile` is ignored with a log line: there it would cost more than the small models'
+    whole run and could change the committed float32 outputs.
+    """
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
     pipe.set_progress_bar_config(disable=True)
+    for model in (pipe.unet, pipe.vae):
+        processors = model.attn_processors
+        if any(type(p) is AttnProcessor for p in processors.values()):
+            model.set_attn_processor(
+                {k: AttnProcessor2_0() if type(p) is AttnProcessor else p
+                 for k, p in processors.items()}
+            )  # fmt: skip
+    if pipe.device.type != "cuda":
+        if compile:
+            log.info("generate: generate.compile is ignored on %s (GPU only)", pipe.device)
+        return pipe
+    torch.backends.cudnn.benchmark = True
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    if compile:
+        pipe.unet.compile()  # in place: pipe.unet stays the UNet (its config, hooks)
+        pipe.vae.decoder.compile()
     return pipe
 
 
 def write_shard(pipe, jobs: pd.DataFrame, target: Path, root: Path, config: Config) -> None:
-    """Generate one shard's images and its shard.csv; the folder appears only when complete."""
+    """Generate one shard's images and its shard.csv; the folder appears only when complete.
+    A background thread reads (and resizes) batch k + 1 and saves batch k - 1 while batch k
+    is generated."""
     cfg = config.generate
-    with atomic_path(target) as tmp:
+    batches = [jobs.iloc[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
+    size = None if pipe is None else pipeline_size(pipe)
+    pad_to = None if pipe is None or pipe.device.type == "cpu" else cfg.batch_size
+    with atomic_path(target) as tmp, ThreadPoolExecutor(1) as io:
         tmp.mkdir()
-        for start in range(0, len(jobs), cfg.batch_size):
-            batch = jobs.iloc[start : start + cfg.batch_size]
-            images = [np.asarray(load_image(root / f)) for f in batch.source_filename]
-            masks = [  # each the size of its source, or a DataError naming the mask
-                load_mask(paths.SEGMENT / f, image.shape)
-                for f, image in zip(batch.mask_filename, images)
-            ]
+        saved = []
+        upcoming = io.submit(read_batch, batches[0], root, cfg, size) if batches else None
+        for k, batch in enumerate(batches):
+            inputs = upcoming.result()
+            if k + 1 < len(batches):
+                upcoming = io.submit(read_batch, batches[k + 1], root, cfg, size)
             if cfg.method == "copy_paste":
-                donors = [np.asarray(load_image(root / f)) for f in batch.donor_filename]
-                donor_masks = [
-                    load_mask(root / f, donor.shape)
-                    for f, donor in zip(batch.donor_mask_filename, donors)
-                ]
-                generated = list(map(copy_paste, images, masks, donors, donor_masks))
+                generated = list(map(copy_paste, *inputs))
             else:
+                images, masks, resized = inputs
                 generated = generate_batch(
-                    pipe, images, masks, list(batch.prompt), list(batch.seed), cfg
-                )
-            for name, image in zip(batch.img_filename, generated):
-                Image.fromarray(image).save(tmp / Path(name).name)
+                    pipe, images, masks, list(batch.prompt), list(batch.seed), cfg,
+                    pad_to=pad_to, resized=resized,
+                )  # fmt: skip
+            saved.append(io.submit(save_images, generated, list(batch.img_filename), tmp))
+        for future in saved:
+            future.result()
         jobs.to_csv(tmp / "shard.csv", index=False)
+
+
+def read_batch(batch: pd.DataFrame, root: Path, cfg, size: int | None) -> tuple:
+    """A batch's sources and masks (each the size of its source, or a DataError naming the
+    mask); copy_paste: also the donors and their masks; diffusion: also the sources and
+    masks resized to the pipeline's `size`."""
+    images = [np.asarray(load_image(root / f)) for f in batch.source_filename]
+    masks = [load_mask(paths.SEGMENT / f, im.shape) for f, im in zip(batch.mask_filename, images)]
+    if cfg.method == "copy_paste":
+        donors = [np.asarray(load_image(root / f)) for f in batch.donor_filename]
+        donor_masks = [
+            load_mask(root / f, donor.shape) for f, donor in zip(batch.donor_mask_filename, donors)
+        ]
+        return images, masks, donors, donor_masks
+    return images, masks, resize_inputs(images, masks, size)
+
+
+def save_images(images, names: list[str], folder: Path) -> None:
+    for name, image in zip(names, images):
+        Image.fromarray(image).save(folder / Path(name).name)
 
 
 def copy_paste(
@@ -332,23 +411,35 @@ def _extent(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
     return (int(ys.min()), int(ys.max()) + 1), (int(xs.min()), int(xs.max()) + 1)
 
 
-def generate_batch(pipe, images, masks, prompts, seeds, cfg) -> list[np.ndarray]:
-    """Inpaint at the pipeline's native size, then paste back at each source's own size."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    resized = np.stack([_resize(im, size, Image.BILINEAR) for im in images])
-    resized_masks = np.stack(
-        [_resize(m.astype(np.uint8) * 255, size, Image.NEAREST) > 127 for m in masks]
-    )
+def generate_batch(
+    pipe, images, masks, prompts, seeds, cfg, pad_to: int | None = None, resized=None
+) -> list[np.ndarray]:
+    """Inpaint at the pipeline's native size, then paste back at each source's own size.
+
+    pad_to: fill a short batch up to this size with copies of its last job (same prompt and
+    seed), whose outputs are discarded; each image has its own seed, so padding changes no
+    image. resized: `resize_inputs` of the batch, if already made (off the critical path).
+    """
+    if resized is None:
+        resized = resize_inputs(images, masks, pipeline_size(pipe))
+    resized_images, resized_masks = resized
+    seeds = [int(s) for s in seeds]
+    prompts = list(prompts)
+    extra = max(0, (pad_to or 0) - len(images))
+    if extra:
+        resized_images = np.concatenate([resized_images, resized_images[[-1] * extra]])
+        resized_masks = np.concatenate([resized_masks, resized_masks[[-1] * extra]])
+        prompts, seeds = prompts + prompts[-1:] * extra, seeds + seeds[-1:] * extra
     out = inpaint(
         pipe,
-        resized,
+        resized_images,
         resized_masks,
         prompts,
         steps=cfg.steps,
         guidance=cfg.guidance,
         strength=cfg.strength,
-        seed=[int(s) for s in seeds],
-    )
+        seed=seeds,
+    )[: len(images)]
     results = []
     for image, mask, generated in zip(images, masks, out):
         if generated.shape[:2] != image.shape[:2]:
@@ -356,6 +447,20 @@ def generate_batch(pipe, images, masks, prompts, seeds, cfg) -> list[np.ndarray]
             generated = np.where(mask[..., None], np.asarray(back), image)
         results.append(generated)
     return results
+
+
+def pipeline_size(pipe) -> int:
+    """The pipeline's native image side (512 for SD 2 inpainting)."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def resize_inputs(images, masks, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sources (bilinear) and masks (nearest) at the pipeline's side: uint8 BxSxSx3, bool."""
+    resized = np.stack([_resize(im, size, Image.BILINEAR) for im in images])
+    resized_masks = np.stack(
+        [_resize(m.astype(np.uint8) * 255, size, Image.NEAREST) > 127 for m in masks]
+    )
+    return resized, resized_masks
 
 
 def _resize(array: np.ndarray, size: int, resample) -> np.ndarray:

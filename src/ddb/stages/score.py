@@ -21,19 +21,31 @@ For a sample x' generated from source x (class i) as target i', with the ERM mod
 Writes models/score/scores.csv (the manifest's columns plus the scores) and
 attributions.npy (float16 N×H×W, the maps, for the gallery), all at once at the end.
 
+On a GPU the classifiers run there under autocast (`score.dtype`, auto: bfloat16), and
+the integrated-gradients path of every sample of a batch (`score.batch_size` x
+`score.ig_steps` images) goes through one forward and one backward pass; a background
+thread reads and transforms the next batch meanwhile. On CPU (float32, no autocast) the
+numbers are today's, bit for bit. Under `accelerate launch` or `torchrun` the batches are
+spread over the processes by index, as generate's shards; each process writes its share to
+models/score.parts/ and the main process merges them in manifest order, so the output
+equals a one-process run's (on CPU, bit for bit).
+
 An interrupted run restarts from scratch rather than resuming: the scores are a pure,
 deterministic function of the generated samples and the two classifiers, so a restart ends
 bit-identical to an uninterrupted run; it costs a few forward and backward passes per
 sample, a small fraction of generate's diffusion steps; and without a resume there is no
 partial state whose staleness (a changed model, manifest or param) would need guarding.
 The output's temporary folder (models/.score.*) appears when the work starts and becomes
-models/score only when every sample is scored; a run killed outright leaves it behind,
-and the next run removes it.
+models/score only when every sample is scored; a run killed outright leaves it (and, with
+several processes, models/score.parts) behind, and the next run removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -46,6 +58,7 @@ from tqdm import tqdm
 from ddb import paths
 from ddb.config import Config
 from ddb.data.waterbirds import load_image
+from ddb.distributed import process_state
 from ddb.models.classifier import eval_transform, load_classifier
 from ddb.utils import atomic_path, remove_stale_temporaries
 
@@ -53,46 +66,98 @@ log = logging.getLogger(__name__)
 
 
 def run(config: Config) -> None:
+    state = process_state()
     manifest = pd.read_csv(paths.GENERATE / "manifest.csv")
-    remove_stale_temporaries(paths.SCORE)
+    parts = paths.SCORE.with_name(f"{paths.SCORE.name}.parts")
+    if state.is_main_process:
+        remove_stale_temporaries(paths.SCORE)
+        shutil.rmtree(parts, ignore_errors=True)  # a killed multi-process run's shares
+        if state.num_processes > 1:
+            parts.mkdir(parents=True)
+    state.wait_for_everyone()
+    starts = list(range(0, len(manifest), config.score.batch_size))
+    mine = starts[state.process_index :: state.num_processes]
+    log.info("score: %d samples in %d batches, %d here", len(manifest), len(starts), len(mine))
+    show = state.is_local_main_process
+    if not state.is_main_process:  # score this process's share; the main process merges
+        table, attributions = score_manifest(manifest, config, mine, state.device, show)
+        with atomic_path(parts / f"part_{state.process_index:03d}") as tmp:
+            tmp.mkdir()
+            table.to_pickle(tmp / "scores.pkl")  # dtypes kept exactly, unlike a CSV
+            np.save(tmp / "attributions.npy", attributions)
+        state.wait_for_everyone()
+        return
     with atomic_path(paths.SCORE) as out:  # its temporary folder: the work in progress
         out.mkdir()
-        table, attributions = score_manifest(manifest, config)
+        table, attributions = score_manifest(manifest, config, mine, state.device, show)
+        state.wait_for_everyone()
+        tables, maps = [table], [attributions]
+        for rank in range(1, state.num_processes):
+            tables.append(pd.read_pickle(parts / f"part_{rank:03d}" / "scores.pkl"))
+            maps.append(np.load(parts / f"part_{rank:03d}" / "attributions.npy"))
+        table = pd.concat(tables)
+        order = np.argsort(table.index.to_numpy(), kind="stable")  # manifest order
+        table, attributions = table.iloc[order], np.concatenate(maps)[order]
         table.to_csv(out / "scores.csv", index=False)
         np.save(out / "attributions.npy", attributions)
+    shutil.rmtree(parts, ignore_errors=True)
     log.info("score: %d samples", len(table))
 
 
-def score_manifest(manifest: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, np.ndarray]:
-    """The manifest with every sample's scores, and the attribution maps (N×H×W float16)."""
-    size = config.data.image_size
-    erm = load_classifier(paths.ERM / "model.pt")
+def score_manifest(
+    manifest: pd.DataFrame,
+    config: Config,
+    starts: list[int] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The manifest's rows with their scores, and their attribution maps (N×H×W float16):
+    of every row, or of the batches that begin at `starts` (a process's share)."""
+    size, batch_size = config.data.image_size, config.score.batch_size
+    device = torch.device(device)
+    dtype = autocast_dtype(config.score.dtype, device)
+    erm = load_classifier(paths.ERM / "model.pt").to(device)
     independent_path = paths.BASELINES / "group_balanced" / "model.pt"
-    independent = load_classifier(independent_path) if independent_path.is_file() else None
-    root = config.data.root
+    independent = None
+    if independent_path.is_file():
+        independent = load_classifier(independent_path).to(device)
+    if starts is None:
+        starts = list(range(0, len(manifest), batch_size))
+    batches = [manifest.iloc[start : start + batch_size] for start in starts]
     scores, maps = [], []
-    batches = range(0, len(manifest), config.score.batch_size)
-    for start in tqdm(batches, desc="score", unit="batch"):
-        batch = manifest.iloc[start : start + config.score.batch_size]
-        generated = [load_image(paths.GENERATE / f) for f in batch.img_filename]
-        sources = [load_image(f"{root}/{f}") for f in batch.source_filename]
-        masks = [Image.open(paths.SEGMENT / f) for f in batch.mask_filename]
-        result = score_batch(
-            erm,
-            generated,
-            sources,
-            masks,
-            batch.source_y.to_numpy(),
-            batch.y.to_numpy(),
-            size,
-            config.score.ig_steps,
-            independent,
-        )
-        maps.append(result.pop("attribution"))
-        scores.append(pd.DataFrame(result, index=batch.index))
+    with ThreadPoolExecutor(1) as io:  # reads and transforms batch k + 1 during batch k
+        upcoming = io.submit(read_batch, batches[0], config) if batches else None
+        for k, batch in enumerate(tqdm(batches, desc="score", unit="batch", disable=not progress)):
+            inputs = upcoming.result()
+            if k + 1 < len(batches):
+                upcoming = io.submit(read_batch, batches[k + 1], config)
+            result = score_tensors(
+                erm, *inputs, batch.source_y.to_numpy(), batch.y.to_numpy(),
+                config.score.ig_steps, independent, dtype,
+            )  # fmt: skip
+            maps.append(result.pop("attribution"))
+            scores.append(pd.DataFrame(result, index=batch.index))
     if not scores:
-        return manifest, np.zeros((0, size, size), np.float16)
-    return pd.concat([manifest, pd.concat(scores)], axis=1), np.concatenate(maps)
+        return manifest.iloc[:0], np.zeros((0, size, size), np.float16)
+    rows = pd.concat(scores)
+    return pd.concat([manifest.loc[rows.index], rows], axis=1), np.concatenate(maps)
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """`score.dtype` as an autocast dtype: auto is bfloat16 on a GPU and None (float32, no
+    autocast: today's numbers) on CPU; float32 is None everywhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return None if name == "float32" else getattr(torch, name)
+
+
+def read_batch(batch: pd.DataFrame, config: Config) -> tuple[torch.Tensor, ...]:
+    """A batch's generated samples, sources and masks from disk, through `prepare_batch`."""
+    root = config.data.root
+    generated = [load_image(paths.GENERATE / f) for f in batch.img_filename]
+    sources = [load_image(f"{root}/{f}") for f in batch.source_filename]
+    masks = [Image.open(paths.SEGMENT / f) for f in batch.mask_filename]
+    return prepare_batch(generated, sources, masks, config.data.image_size)
 
 
 def mask_transform(image_size: int):
@@ -106,36 +171,61 @@ def mask_transform(image_size: int):
     )
 
 
-def score_batch(
-    erm, generated, sources, masks, source_y, target_y, size, ig_steps, independent=None
-) -> dict[str, np.ndarray]:
-    """Scores of one batch of (generated, source, mask) PIL images; see the module doc."""
+def prepare_batch(generated, sources, masks, size: int) -> tuple[torch.Tensor, ...]:
+    """(generated, source, mask) PIL images as the eval transform's tensors (CPU): the
+    samples and sources B×3×S×S, the masks B×S×S (0/1 float)."""
     transform = eval_transform(size)
     x_new = torch.stack([transform(im) for im in generated])
     x_source = torch.stack([transform(im) for im in sources])
     to_mask = mask_transform(size)
     mask = torch.stack([to_mask(m.convert("L"))[0] > 127 for m in masks]).float()
-    old, new = torch.as_tensor(source_y), torch.as_tensor(target_y)
-    rows = torch.arange(len(old))
-    with torch.no_grad():
-        probs_new = torch.softmax(erm(x_new), 1)
-        probs_source = torch.softmax(erm(x_source), 1)
-    attribution = integrated_gradients(erm, x_new, x_source, new, ig_steps)
-    result = {
-        "p_old": probs_new[rows, old].numpy(),
-        "p_new": probs_new[rows, new].numpy(),
-        "p_old_source": probs_source[rows, old].numpy(),
-        **attribution_scores(attribution, mask),
-        "attribution": attribution.numpy().astype(np.float16),
-    }
-    if independent is not None:
+    return x_new, x_source, mask
+
+
+def score_batch(
+    erm, generated, sources, masks, source_y, target_y, size, ig_steps, independent=None
+) -> dict[str, np.ndarray]:
+    """Scores of one batch of (generated, source, mask) PIL images; see the module doc."""
+    inputs = prepare_batch(generated, sources, masks, size)
+    return score_tensors(erm, *inputs, source_y, target_y, ig_steps, independent)
+
+
+def score_tensors(
+    erm, x_new, x_source, mask, source_y, target_y, ig_steps, independent=None, dtype=None
+) -> dict[str, np.ndarray]:
+    """Scores of one batch of `prepare_batch` tensors, on the classifier's device, under
+    autocast to `dtype` if one is given (None: float32)."""
+    device = next(erm.parameters()).device
+    x_new, x_source, mask = (x.to(device, non_blocking=True) for x in (x_new, x_source, mask))
+    old = torch.as_tensor(np.asarray(source_y), device=device)
+    new = torch.as_tensor(np.asarray(target_y), device=device)
+    rows = torch.arange(len(old), device=device)
+    autocast = torch.autocast(device.type, dtype) if dtype is not None else contextlib.nullcontext()
+    with autocast:
         with torch.no_grad():
-            result["p_independent"] = torch.softmax(independent(x_new), 1)[rows, new].numpy()
+            probs_new = torch.softmax(erm(x_new).float(), 1)
+            probs_source = torch.softmax(erm(x_source).float(), 1)
+        attribution = integrated_gradients(erm, x_new, x_source, new, ig_steps).float()
+        p_independent = None
+        if independent is not None:
+            with torch.no_grad():
+                p_independent = torch.softmax(independent(x_new).float(), 1)[rows, new]
+    result = {
+        "p_old": probs_new[rows, old].cpu().numpy(),
+        "p_new": probs_new[rows, new].cpu().numpy(),
+        "p_old_source": probs_source[rows, old].cpu().numpy(),
+        **attribution_scores(attribution, mask),
+        "attribution": attribution.cpu().numpy().astype(np.float16),
+    }
+    if p_independent is not None:
+        result["p_independent"] = p_independent.cpu().numpy()
     return result
 
 
 def integrated_gradients(model, inputs, baselines, target, steps: int) -> torch.Tensor:
-    """Captum's IG from each source to its generated sample, summed over channels: B×H×W."""
+    """Captum's IG from each source to its generated sample, summed over channels: B×H×W.
+    The `steps` points of every sample go through the model in one forward and backward
+    pass (B·steps images)."""
     ig = IntegratedGradients(model)
     attribution = ig.attribute(
         inputs,
@@ -153,6 +243,6 @@ def attribution_scores(attribution: torch.Tensor, mask: torch.Tensor) -> dict[st
     inside = (attribution.clamp(min=0) * mask).flatten(1).sum(1)
     score = torch.where(total > 0, inside / total.clamp(min=1e-12), torch.zeros_like(total))
     return {
-        "attr_score": score.numpy(),
-        "attr_sum": (attribution * mask).flatten(1).sum(1).numpy(),
+        "attr_score": score.cpu().numpy(),
+        "attr_sum": (attribution * mask).flatten(1).sum(1).cpu().numpy(),
     }
