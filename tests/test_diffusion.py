@@ -25,14 +25,19 @@ def _corpus(n=8, size=32):
     }
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def tiny_models():
+    """(tokenizer, vae, unet, text encoder) at toy size, seeded."""
     torch.manual_seed(0)
     tokenizer = clip_tokenizer()
     vae = diffusion.build_vae([16, 32], 4, 32)
     unet = diffusion.build_unet([16, 32], 4, 16, 32, layers_per_block=1)
     text = diffusion.build_text_encoder(len(tokenizer), 32, 1, tokenizer.pad_token_id)
     return tokenizer, vae, unet, text
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_models()
 
 
 def test_unet_has_the_inpainting_inputs(tiny):

@@ -14,18 +14,14 @@ import torch
 from ddb.models import diffusion
 from ddb.models.tokenizer import clip_tokenizer
 from tests.conftest import REPO
-from tests.test_diffusion import _corpus
+from tests.test_diffusion import _corpus, tiny_models
 
 STEPS = 6
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    tokenizer = clip_tokenizer()
-    vae = diffusion.build_vae([16, 32], 4, 32)
-    unet = diffusion.build_unet([16, 32], 4, 16, 32, layers_per_block=1)
-    text = diffusion.build_text_encoder(len(tokenizer), 32, 1, tokenizer.pad_token_id)
+    tokenizer, vae, unet, text = tiny_models()
     data = diffusion.LatentCorpus(_corpus(), vae, tokenizer, "cpu")
     return unet, text, data
 
