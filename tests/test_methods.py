@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ddb.config import ConfigError, DfrConfig
 from ddb.data.waterbirds import load_dataset, split_table
 from ddb.methods import LABELS, dfr, jtt, method
 from ddb.methods.group_dro import GroupDROLoss
@@ -41,13 +42,13 @@ def test_the_report_labels_methods_without_importing_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_jtt_upweights_exactly_the_identification_errors(waterbirds_folder):
+def test_jtt_upsamples_exactly_the_identification_errors(waterbirds_folder):
     _, table, _ = load_dataset(tiny_config(waterbirds_folder).data)
     train = split_table(table, "train")
     errors = jtt.error_set(Constant(), waterbirds_folder, train, 32)
     assert np.array_equal(errors, train["y"].to_numpy() == 1)  # every class-1 sample is wrong
-    weights = jtt.upsampling_weights(errors, 20)
-    assert set(weights[errors]) == {20.0} and set(weights[~errors]) == {1.0}
+    counts = np.bincount(jtt.upsampled_indices(errors, 20), minlength=len(train))
+    assert set(counts[errors]) == {21} and set(counts[~errors]) == {1}  # 1 + lambda copies
 
 
 def test_group_dro_weights_move_toward_the_worst_group():
@@ -74,9 +75,29 @@ def test_dfr_chooses_c_from_the_grid_and_learns_the_core_feature():
     spurious = place + 0.1 * rng.normal(size=n)
     x = np.stack([core, spurious, rng.normal(size=n)], 1)
     grid = [1.0, 0.1, 0.01]
-    head = dfr.fit_head(x, y, groups, grid, seed=0)
+    cfg = DfrConfig(C=grid, num_retrains=5)
+    head = dfr.fit_head(x, y, groups, x, cfg, np.random.default_rng(0))
     assert head.C in grid and [h["C"] for h in head.history] == grid
     assert abs(head.coef[0, 0]) > abs(head.coef[0, 1])  # balanced val: the core feature wins
+
+
+@pytest.mark.parametrize("split", ["by_group", "random"])
+def test_dfr_tuning_halves_split_val_in_two(split):
+    groups = np.repeat([0, 1, 2, 3], [40, 10, 6, 30])
+    fit, held = dfr.tuning_halves(groups, split, np.random.default_rng(0))
+    assert sorted([*fit, *held]) == list(range(len(groups)))  # a partition of val
+    assert abs(len(fit) - len(held)) <= (4 if split == "by_group" else 1)
+    if split == "by_group":  # every group halved
+        assert np.bincount(groups[held]).tolist() == [20, 5, 3, 15]
+
+
+def test_dfr_random_split_of_a_tiny_val_names_the_key():
+    groups = np.array([0, 0, 1, 1, 2, 2, 3, 3])  # two per group: a half often misses one
+    cfg = DfrConfig(tune_split="random")
+    x, y = np.zeros((8, 2)), groups // 2
+    with pytest.raises(ConfigError, match="dfr.tune_split.*use by_group"):
+        for seed in range(20):
+            dfr.fit_head(x, y, groups, x, cfg, np.random.default_rng(seed))
 
 
 def test_dfr_head_folds_the_standardisation_into_the_layer():
@@ -94,12 +115,19 @@ def test_dfr_head_folds_the_standardisation_into_the_layer():
     assert model.fc.weight.abs().sum() != 0 and not torch.equal(model.fc.weight, new.fc.weight)
 
 
-def test_dfr_fit_reads_only_val(waterbirds_folder):
+def test_dfr_reads_no_test_image_and_no_train_group(waterbirds_folder):
     config = tiny_config(waterbirds_folder)
     root, table, groups = load_dataset(config.data)
-    for name in split_table(table, "train")["img_filename"]:  # train images unreadable
+    erm_model = build_classifier("resnet18", 2)
+    for name in split_table(table, "test")["img_filename"]:  # test images unreadable
         (root / name).write_bytes(b"")
-    for name in split_table(table, "test")["img_filename"]:
-        (root / name).write_bytes(b"")
-    result = dfr.train(config, root, table, groups, build_classifier("resnet18", 2))
+    result = dfr.train(config, root, table, groups, erm_model)
     assert pd.DataFrame(result.history)["C"].tolist() == config.dfr.C
+    # train images feed the scaler; their group labels (and places) must not matter
+    is_train = table["split"] == 0
+    scrambled = table.assign(
+        group=np.where(is_train, 0, table["group"]), place=np.where(is_train, 0, table["place"])
+    )
+    again = dfr.train(config, root, scrambled, groups, erm_model)
+    assert torch.equal(again.model.fc.weight, result.model.fc.weight)
+    assert not torch.equal(result.model.fc.weight, erm_model.fc.weight)

@@ -1,4 +1,5 @@
 import dataclasses
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ from ddb.data.waterbirds import ImageTable, load_dataset, split_table
 from ddb.methods.group_balanced import group_balanced_weights
 from ddb.models.classifier import build_classifier, eval_transform, train_transform
 from ddb.stages import erm
-from ddb.training import predict, train_classifier
+from ddb.training import Speed, predict, train_classifier, train_loader
 from ddb.utils import seed_everything
 from tests.conftest import indexed, tiny_config
 
@@ -69,18 +70,39 @@ class BiasOnly(torch.nn.Module):
         return self.bias.expand(len(images), 2)
 
 
-@pytest.mark.parametrize("kind", ["sample_weights", "loss_weights"])
+@pytest.mark.parametrize("kind", ["sample_weights", "loss_weights", "sample_indices"])
 def test_weights_reach_the_loss(waterbirds_folder, kind):
-    # All weight on one class: the bias must favour that class. A trainer that ignored the
-    # weights would see both classes equally often (14 and 14) and favour neither.
+    # All weight on one class (or an epoch of its rows only): the bias must favour that
+    # class. A trainer that ignored them would see both classes equally often (14 and 14)
+    # and favour neither.
     table = load_dataset(tiny_config(waterbirds_folder).data)[1]
     y = split_table(table, "train")["y"].to_numpy()
     for favoured in (0, 1):
-        result, _ = _fit(
-            waterbirds_folder, model=BiasOnly(), **{kind: (y == favoured).astype(float)}
-        )
+        weights = (y == favoured).astype(float)
+        value = np.flatnonzero(weights) if kind == "sample_indices" else weights
+        result, _ = _fit(waterbirds_folder, model=BiasOnly(), **{kind: value})
         bias = result.model.bias.detach()
         assert bias[favoured] > bias[1 - favoured]
+
+
+def test_an_epoch_of_sample_indices_is_those_rows_shuffled_by_the_seed():
+    cfg = dataclasses.replace(tiny_config().classifier, batch_size=8)
+    indices = np.concatenate([np.arange(30), [4, 4, 9]])  # 33 = 4 x 8 + 1 draws
+
+    def epochs(seed, n=2):
+        loader = train_loader(range(30), cfg, seed, Speed(), sample_indices=indices)
+        return [list(loader.batch_sampler) for _ in range(n)]
+
+    first = epochs(0)
+    for batches in first:
+        draws = Counter(i for batch in batches for i in batch)
+        # the lone last draw is dropped (BatchNorm cannot train on one sample): 32 of 33,
+        # each row at most as often as listed
+        assert [len(b) for b in batches] == [8] * 4
+        assert not draws - Counter(indices.tolist()) and draws[4] >= 2
+    assert first == epochs(0) and first != epochs(1)  # the seed decides the order
+    with pytest.raises(ValueError, match="not both"):
+        train_loader(range(30), cfg, 0, Speed(), np.ones(30), indices)
 
 
 def test_erm_stage_is_bit_for_bit_reproducible(in_tmp_repo, waterbirds_folder, monkeypatch):

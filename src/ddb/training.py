@@ -22,6 +22,7 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     RandomSampler,
+    SubsetRandomSampler,
     WeightedRandomSampler,
 )
 from tqdm import tqdm
@@ -139,6 +140,7 @@ def train_classifier(
     cfg: ClassifierConfig,
     seed: int,
     sample_weights: np.ndarray | None = None,
+    sample_indices: np.ndarray | None = None,
     loss_weights: np.ndarray | None = None,
     group_loss: Callable | None = None,
     select_best: bool = True,
@@ -147,6 +149,7 @@ def train_classifier(
     """Train `model` for cfg.epochs; keep the epoch with the best validation WGA.
 
     sample_weights: draw training samples with these probabilities (with replacement);
+    sample_indices: an epoch is these rows, repeats included, shuffled (JTT's upsampling);
     loss_weights: weight each training sample's loss (rescaled to mean 1 over the set);
     group_loss: reduce the per-sample losses with the batch's group labels instead of a
     mean (GroupDRO's `(losses, group) -> loss`; only methods that may read train groups);
@@ -154,7 +157,7 @@ def train_classifier(
     """
     device = next(model.parameters()).device
     speed = Speed.for_device(device, cfg)
-    loader = train_loader(train_set, cfg, seed, speed, sample_weights)
+    loader = train_loader(train_set, cfg, seed, speed, sample_weights, sample_indices)
     weights = None
     if loss_weights is not None:  # mean 1 over the train set, so the lr means the same
         weights = torch.as_tensor(loss_weights, dtype=torch.float32)
@@ -211,20 +214,30 @@ def train_loader(
     seed: int,
     speed: Speed,
     sample_weights: np.ndarray | None = None,
+    sample_indices: np.ndarray | None = None,
 ) -> DataLoader:
-    """Shuffled batches of cfg.batch_size (or drawn with `sample_weights`), seeded by
-    `seed`; under several processes, this process's slice of each (RankBatches)."""
+    """Shuffled batches of cfg.batch_size, seeded by `seed`: an epoch is the whole set, or
+    `sample_indices` (rows listed k times come k times, without replacement: JTT's
+    upsampled set), or len(train_set) draws with `sample_weights` (with replacement: the
+    group_DRO code's --reweight_groups); under several processes, this process's slice of
+    each batch (RankBatches)."""
+    if sample_weights is not None and sample_indices is not None:
+        raise ValueError("train_loader: give sample_weights or sample_indices, not both")
     generator = torch.Generator().manual_seed(seed)
     procs = process_state()
     world = procs.num_processes
+    epoch_size = len(train_set) if sample_indices is None else len(sample_indices)
     # a last batch of one sample (per process) would stop BatchNorm in training mode; drop
     # only that one
-    drop_last = 0 < len(train_set) % cfg.batch_size < 2 * world
+    drop_last = 0 < epoch_size % cfg.batch_size < 2 * world
     if sample_weights is not None:
         sampler = WeightedRandomSampler(
             torch.as_tensor(sample_weights, dtype=torch.double), len(train_set), generator=generator
         )
         loader_generator = None
+    elif sample_indices is not None:
+        sampler = SubsetRandomSampler(np.asarray(sample_indices).tolist(), generator=generator)
+        loader_generator = generator  # shared, as in the uniform case below
     else:
         sampler = RandomSampler(train_set, generator=generator)
         # the loader shares it, as DataLoader(shuffle=True, generator=...) does (its workers'

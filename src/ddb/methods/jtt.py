@@ -1,6 +1,9 @@
-"""JTT, Just Train Twice (Liu et al. 2021): train ERM for a few epochs, upsample the train
-samples it gets wrong by `upweight`, train again. No train group labels; val groups select
-the checkpoint (and, in the paper, T and the upweight)."""
+"""JTT, Just Train Twice (Liu et al. 2021), as its code runs it (anniesch/jtt): train ERM
+for T epochs, take the train samples it gets wrong (the error set E), and train again on
+the train set with `upweight` (lambda) more copies of each error (`run_expt.py --up_weight`:
+ConcatDataset of the train set and Subset(train, errors * lambda)), shuffled: an epoch is
+N + lambda |E| draws without replacement, each error 1 + lambda times. No train group
+labels; val groups select the checkpoint (and, in the paper, T and lambda)."""
 
 from __future__ import annotations
 
@@ -22,9 +25,10 @@ def error_set(model, root, train_table, image_size: int) -> np.ndarray:
     return out["probs"].argmax(1) != out["y"]
 
 
-def upsampling_weights(errors: np.ndarray, upweight: float) -> np.ndarray:
-    """Sampling weight `upweight` for each error, 1 for the rest (JTT's upsampled set)."""
-    return np.where(errors, float(upweight), 1.0)
+def upsampled_indices(errors: np.ndarray, upweight: int) -> np.ndarray:
+    """One epoch's rows, in their order before shuffling: every train row once, then the
+    errors' rows `upweight` more times (theirs: `list(aug_indices) * up_weight_factor`)."""
+    return np.concatenate([np.arange(len(errors)), np.tile(np.flatnonzero(errors), upweight)])
 
 
 def train(config, root, table, groups):
@@ -36,11 +40,12 @@ def train(config, root, table, groups):
     )
     first = fit_classifier(identify, root, table, groups.n_classes, seed, select_best=False)
     errors = error_set(first.model, root, split_table(table, "train"), config.data.image_size)
+    indices = upsampled_indices(errors, cfg.upweight)
     log.info(
-        "jtt: %d of %d train samples misclassified after %d epoch(s)",
+        "jtt: %d of %d train samples misclassified after %d epoch(s); an epoch is %d draws",
         errors.sum(),
         len(errors),
         cfg.identification_epochs,
+        len(indices),
     )
-    weights = upsampling_weights(errors, cfg.upweight)
-    return fit_classifier(config, root, table, groups.n_classes, seed, sample_weights=weights)
+    return fit_classifier(config, root, table, groups.n_classes, seed, sample_indices=indices)

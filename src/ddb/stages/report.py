@@ -22,18 +22,10 @@ import pandas as pd  # noqa: E402
 from ddb import paths  # noqa: E402
 from ddb.config import Config  # noqa: E402
 from ddb.data.waterbirds import groups_of  # noqa: E402
-from ddb.methods import LABELS  # noqa: E402
+from ddb.tables import METHODS, interval_cell, markdown_table, method_name  # noqa: E402
 from ddb.utils import atomic_path, write_text  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-# method -> (display name, uses train group labels, uses val group labels)
-METHODS = {
-    "erm": ("ERM", "no", "yes (model selection)"),
-    **LABELS,
-    "ddb_no_prune": ("DDB without pruning", "no", "yes (model selection)"),
-    "ddb": ("DDB", "no", "yes (model selection)"),
-}
 
 
 def run(config: Config) -> None:
@@ -138,10 +130,6 @@ def ddb_stages_markdown(summaries: dict) -> str:
     return "\n".join(lines)
 
 
-def _cell(value: float, interval: list[float]) -> str:
-    return f"{100 * value:.1f} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
-
-
 def results_table(metrics: dict, split: str = "test") -> str:
     """Markdown table: one row per method, accuracies in % with intervals."""
     group_names = list(next(iter(metrics.values()))[split]["groups"])
@@ -154,7 +142,7 @@ def results_table(metrics: dict, split: str = "test") -> str:
         "adjusted mean acc",
         *group_names,
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for method, by_split in metrics.items():
         m = by_split[split]
         name, train_groups, val_groups = METHODS.get(method, (method, "?", "?"))
@@ -162,13 +150,13 @@ def results_table(metrics: dict, split: str = "test") -> str:
             name,
             train_groups,
             val_groups,
-            _cell(m["wga"], m["ci"]["wga"]),
-            _cell(m["mean_acc"], m["ci"]["mean_acc"]),
-            _cell(m["adjusted_mean_acc"], m["ci"]["adjusted_mean_acc"]),
-            *(_cell(m["groups"][g], m["ci"]["groups"][g]) for g in group_names),
+            interval_cell(m["wga"], m["ci"]["wga"]),
+            interval_cell(m["mean_acc"], m["ci"]["mean_acc"]),
+            interval_cell(m["adjusted_mean_acc"], m["ci"]["adjusted_mean_acc"]),
+            *(interval_cell(m["groups"][g], m["ci"]["groups"][g]) for g in group_names),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def results_markdown(metrics: dict, confidence: float, test_sizes: dict[str, int]) -> str:
@@ -213,7 +201,7 @@ def plot_group_accuracy(metrics: dict, out: Path) -> None:
         acc = np.array([m["groups"][g] for g in group_names])
         ci = np.array([m["ci"]["groups"][g] for g in group_names])
         x = np.arange(len(group_names)) + (i - (len(methods) - 1) / 2) * width
-        label = f"{METHODS.get(method, (method,))[0]} (WGA {100 * m['wga']:.1f})"
+        label = f"{method_name(method)} (WGA {100 * m['wga']:.1f})"
         ax.bar(x, 100 * acc, width, yerr=100 * np.abs(ci.T - acc), capsize=2, label=label)
     ax.set_xticks(np.arange(len(group_names)), group_names)
     ax.set_ylabel("test accuracy (%)")
@@ -232,7 +220,7 @@ def plot_learning_curves(histories: dict[str, pd.DataFrame], out: Path) -> None:
             100 * history["val_wga"],
             marker="o",
             ms=3,
-            label=METHODS.get(method, (method,))[0],
+            label=method_name(method),
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation WGA (%)")
@@ -253,7 +241,7 @@ def ordering_markdown(metrics: dict, discussion: str) -> str:
     discussion (reports/discussion.md: why, from the controls in reports/ablations.md)."""
     test = {method: by_split["test"] for method, by_split in metrics.items()}
     ranked = sorted(test, key=lambda m: -test[m]["wga"])
-    name = {m: METHODS.get(m, (m, "?"))[0] for m in test}
+    name = {m: method_name(m) for m in test}
     uses_train_groups = {m for m in test if METHODS.get(m, ("", "?"))[1] == "yes"}
     lines = ["", "## Ordering", ""]
     lines.append(
