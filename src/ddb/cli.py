@@ -17,6 +17,7 @@ STAGES = {
     "foundation": "train the small offline inpainting diffusion (models/foundation/inpaint)",
     "foundation_segmenter": "train the small offline CLIPSeg (models/foundation/clipseg)",
     "backbone": "pretrain the offline ResNet on the corpus's object task (models/backbone)",
+    "judge": "train foundation_report's fixed classifier on data/prepared (models/judge)",
     "erm": "train the ERM classifier (models/erm)",
     "baselines": "train the baselines listed in baselines.methods (models/baselines)",
     "dfr": "retrain the ERM model's last layer on val (models/dfr)",

@@ -16,9 +16,11 @@ INPAINT = FOUNDATION / "inpaint"
 CLIPSEG = FOUNDATION / "clipseg"
 BACKBONE = MODELS / "backbone"  # the pretrained ResNet (classifier.weights names its file)
 BACKBONE_REPORT = Path("reports/backbone.md")
+# foundation_report's fixed classifier, trained on data/prepared only (never data.root)
+JUDGE = MODELS / "judge"
 # The frozen one-off stages' outputs, committed to git like downloaded weights: a copy of the
 # project that runs the pipeline (tests, benchmarks) needs them, since they never re-run.
-COMMITTED_OUTPUTS = (FOUNDATION, BACKBONE, BACKBONE_REPORT)
+COMMITTED_OUTPUTS = (FOUNDATION, BACKBONE, BACKBONE_REPORT, JUDGE)
 ERM = MODELS / "erm"
 BASELINES = MODELS / "baselines"
 DFR = MODELS / "dfr"
