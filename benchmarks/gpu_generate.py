@@ -1,5 +1,5 @@
 """The generate stage's speed on one GPU: Stable Diffusion 2 inpainting at full size
-(the architecture of stabilityai/stable-diffusion-2-inpainting, built from its published
+(the architecture of sd2-community/stable-diffusion-2-inpainting, built from its published
 configs with random weights: the shapes, and so the time, are the real ones; the images are
 noise), 512 px, 50 DDIM steps, guidance 7.5, timed three ways in one run on one device:
 
@@ -49,7 +49,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))  # the sibling time_pipeline.py
 from time_pipeline import write_section  # noqa: E402
 
-# stabilityai/stable-diffusion-2-inpainting: unet/, vae/ and text_encoder/config.json
+# sd2-community/stable-diffusion-2-inpainting: unet/, vae/ and text_encoder/config.json
 SD2_INPAINT_UNET = dict(
     sample_size=64,  # latents of 512 px images
     in_channels=9,  # noisy latents + mask + masked-image latents

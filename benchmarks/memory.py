@@ -69,6 +69,7 @@ class Measurement:
     seconds: float
     returncode: int
     anon_bytes: int = 0  # polled peak of anonymous memory (RssAnon), see peak_rss
+    pss_bytes: int = 0  # polled peak of the tree's summed PSS, see peak_memory
 
 
 def proc_status(pid: int, *fields: str) -> list[int]:
@@ -90,53 +91,79 @@ def proc_status(pid: int, *fields: str) -> list[int]:
     return [values[field] for field in fields]
 
 
-def poll_tree(root: psutil.Process, high_water: dict[int, int]) -> tuple[int, int]:
-    """(resident, anonymous) bytes of `root` and its live descendants now; records each
-    one's VmHWM in `high_water` (pid -> bytes)."""
+@dataclasses.dataclass(frozen=True)
+class Peak:
+    """Peaks of a process tree (bytes) and its exit status; see peak_memory."""
+
+    rss: int
+    anon: int
+    pss: int
+    returncode: int
+
+
+def poll_tree(root: psutil.Process, high_water: dict[int, int]) -> tuple[int, int, int]:
+    """(resident, anonymous, proportional) bytes of `root` and its live descendants now;
+    records each one's VmHWM in `high_water` (pid -> bytes).
+
+    PSS (proportional set size) counts a page shared by k processes as 1/k in each, so the
+    tree's sum counts it once: forked DataLoader workers share most of their parent's pages,
+    and their summed RSS counts those pages once per worker (eight workers: 26.6 GiB of RSS
+    where PSS was 6.1)."""
     try:
         processes = [root, *root.children(recursive=True)]
     except psutil.Error:  # root exited between two polls
-        return 0, 0
-    total = anon = 0
+        return 0, 0, 0
+    total = anon = pss = 0
     for process in processes:
         with contextlib.suppress(psutil.Error):
             total += process.memory_info().rss
             peak, own = proc_status(process.pid, "VmHWM", "RssAnon")
             high_water[process.pid] = max(high_water.get(process.pid, 0), peak)
             anon += own
-    return total, anon
+            pss += process.memory_full_info().pss
+    return total, anon, pss
 
 
-def peak_rss(process: subprocess.Popen, interval: float = 0.1) -> tuple[int, int, int]:
-    """(peak resident bytes, peak anonymous bytes, exit status) of a running process tree;
-    waits for it.
+def peak_memory(process: subprocess.Popen, interval: float = 0.1) -> Peak:
+    """Peaks of a running process tree; waits for it.
 
-    Two readings, the larger kept: the largest VmHWM of any process in the tree (the
-    kernel's exact peak of that process, up to the last poll before it exits) and the
+    Resident: two readings, the larger kept: the largest VmHWM of any process in the tree
+    (the kernel's exact peak of that process, up to the last poll before it exits) and the
     largest sum of the tree's RSS over the polls (which counts processes that run at the
     same time, DataLoader workers or accelerate's, but can miss a spike between polls).
     The stages run one process, so for them the first is exact but for their last
     `interval` seconds, which only write outputs. The anonymous peak (polled only) leaves
     out the file-backed pages of the libraries, which vary from run to run with the page
-    cache, so it shows better what grows with the data.
+    cache, so it shows better what grows with the data. The PSS peak (polled only) is the
+    tree's memory with shared pages counted once: the figure for forked workers.
     """
     root = psutil.Process(process.pid)
-    polled_peak = anon_peak = 0
+    polled_peak = anon_peak = pss_peak = 0
     high_water = {}
     while process.poll() is None:
-        resident, anon = poll_tree(root, high_water)
+        resident, anon, pss = poll_tree(root, high_water)
         polled_peak, anon_peak = max(polled_peak, resident), max(anon_peak, anon)
+        pss_peak = max(pss_peak, pss)
         time.sleep(interval)
-    return max(polled_peak, *high_water.values(), 0), anon_peak, process.returncode
+    rss = max(polled_peak, *high_water.values(), 0)
+    return Peak(rss, anon_peak, pss_peak, process.returncode)
+
+
+def peak_rss(process: subprocess.Popen, interval: float = 0.1) -> tuple[int, int, int]:
+    """(peak resident bytes, peak anonymous bytes, exit status) of a running process tree,
+    as `peak_memory` measures them; waits for it."""
+    peak = peak_memory(process, interval)
+    return peak.rss, peak.anon, peak.returncode
 
 
 def measure(args: list[str], cwd: Path, log_path: Path, env: dict | None = None) -> Measurement:
-    """Run `args` in `cwd` with its output in `log_path`; its peak RSS and wall time."""
+    """Run `args` in `cwd` with its output in `log_path`; its peaks and wall time."""
     start = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        peak, anon, returncode = peak_rss(process)
-    return Measurement(peak, time.perf_counter() - start, returncode, anon)
+        peak = peak_memory(process)
+    seconds = time.perf_counter() - start
+    return Measurement(peak.rss, seconds, peak.returncode, peak.anon, peak.pss)
 
 
 def venv_env() -> dict:

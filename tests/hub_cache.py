@@ -10,8 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def hub_snapshot(hf_home: Path, repo_id: str, save: Callable[[Path], None]) -> Path:
-    """Save a model into the HF hub cache under `hf_home` as `repo_id`; return the snapshot.
+def hub_snapshot(
+    hf_home: Path, repo_id: str, save: Callable[[Path], None], revision: str | None = None
+) -> Path:
+    """Save a model into the HF hub cache under `hf_home` as `repo_id` at commit `revision`
+    (default: a made-up 40-hex sha); return the snapshot. `refs/main` points at it.
 
     `save(folder)` writes the files (e.g. `lambda d: model.save_pretrained(d)`). The layout is
     huggingface_hub's: `hub/models--org--name/refs/main` holds the commit sha, and
@@ -20,7 +23,7 @@ def hub_snapshot(hf_home: Path, repo_id: str, save: Callable[[Path], None]) -> P
     """
     org_name = repo_id.replace("/", "--")
     repo = Path(hf_home) / "hub" / f"models--{org_name}"
-    sha = hashlib.sha1(repo_id.encode()).hexdigest()  # any 40-hex commit id
+    sha = revision or hashlib.sha1(repo_id.encode()).hexdigest()
     snapshot = repo / "snapshots" / sha
     snapshot.mkdir(parents=True, exist_ok=True)
     save(snapshot)

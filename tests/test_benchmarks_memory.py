@@ -115,3 +115,22 @@ def test_comparison_sets_the_shortened_stages_against_the_unchanged_ones():
     assert "(prepare)" in text
     assert "differ by up to 10%" in text
     assert "shortened stages differ by up to 2%" in text
+
+
+# a block, then two forks in a row: four processes sharing its pages, none writing them
+FORK_TWICE = (
+    "import os, sys, time; block = b'x' * int(sys.argv[1]); "
+    "children = [os.fork(), os.fork()]; time.sleep(0.8); "
+    "[os.waitpid(pid, 0) for pid in children if pid]"
+)
+
+
+def test_pss_counts_pages_that_forked_processes_share_once():
+    """Forked workers share their parent's pages: summed RSS counts the block once per
+    process, summed PSS once in all."""
+    n = 150 * MIB
+    bare = memory.peak_memory(subprocess.Popen([sys.executable, "-c", FORK_TWICE, "0"]), 0.05)
+    full = memory.peak_memory(subprocess.Popen([sys.executable, "-c", FORK_TWICE, str(n)]), 0.05)
+    assert full.returncode == 0
+    assert full.rss - bare.rss > 3.5 * n
+    assert abs((full.pss - bare.pss) - n) < 0.1 * n

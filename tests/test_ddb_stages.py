@@ -23,7 +23,7 @@ from ddb.data.waterbirds import DataError, Groups, read_metadata
 from ddb.models.classifier import build_classifier, save_classifier
 from ddb.models.inversion import save_learned_embeds
 from ddb.stages import generate, prune, retrain, score, segment, select
-from tests.conftest import indexed, tiny_config, tiny_params
+from tests.conftest import REPO, indexed, tiny_config, tiny_params
 from tests.tiny_models import tiny_inpaint_pipeline
 
 # ---- select -------------------------------------------------------------------------
@@ -251,6 +251,39 @@ def test_generate_dtype_auto_is_float16_on_a_gpu_and_float32_on_cpu():
     assert generate.resolve_dtype("float32", "cuda") == torch.float32
 
 
+def test_cpu_batch_size_is_what_the_available_memory_holds():
+    gib = 2**30
+    assert generate.cpu_batch_size(32, per_image=1 * gib, available=10 * gib) == 8  # 80% of 10
+    assert generate.cpu_batch_size(32, per_image=1 * gib, available=100 * gib) == 32  # the cap
+    assert generate.cpu_batch_size(32, per_image=4 * gib, available=2 * gib) == 1  # at least 1
+
+
+def test_generate_lowers_the_batch_on_cpu_with_a_log_line(monkeypatch, caplog):
+    """The memory figure is mocked: no gigabytes are allocated. A batch that fits is kept."""
+    pipe = tiny_inpaint_pipeline()
+    config = tiny_config(Path("unused"))
+    config = dataclasses.replace(
+        config, generate=dataclasses.replace(config.generate, batch_size=32, guidance=2.0)
+    )
+    per_image = generate.image_bytes(pipe, guidance=2.0)
+    # SD2's 1.25 GiB at 512 px, scaled by the tiny pipeline's side, UNet width, guidance
+    side, width = generate.pipeline_size(pipe), pipe.unet.config.block_out_channels[0]
+    assert per_image == pytest.approx(1.25 * 2**30 * (side / 512) ** 2 * width / 320)
+    assert generate.image_bytes(pipe, guidance=1.0) == pytest.approx(per_image / 2)
+
+    def memory(available):
+        return lambda: type("Memory", (), {"available": available})()
+
+    monkeypatch.setattr(generate.psutil, "virtual_memory", memory(5 * per_image))
+    with caplog.at_level(logging.INFO, logger="ddb.stages.generate"):
+        lowered = generate.with_cpu_batch_size(config, pipe)
+    assert lowered.generate.batch_size == 4  # 80% of 5 images' worth
+    assert dataclasses.replace(lowered.generate, batch_size=32) == config.generate
+    assert "generate.batch_size 32 lowered to 4 on CPU" in caplog.text
+    monkeypatch.setattr(generate.psutil, "virtual_memory", memory(1000 * per_image))
+    assert generate.with_cpu_batch_size(config, pipe) is config
+
+
 def _reference_run(config, folder: Path) -> Path:
     """An uninterrupted, single-process generate run, moved to `folder` to compare against."""
     generate.run(config)
@@ -293,6 +326,54 @@ def test_integrated_gradients_vanish_where_sample_and_source_agree():
     assert attribution.shape == (2, 32, 32)
     assert attribution[:, outside].abs().max() == 0
     assert attribution[:, ~outside].abs().sum() > 0
+
+
+@pytest.mark.parametrize("per_pass", [12, 7, 2, 1])
+def test_integrated_gradients_in_passes_equal_one_pass_within_the_budget(per_pass):
+    """Passes of whole steps (12, 7: at least one step of all 3 samples) or of fewer samples
+    (2, 1) give one pass's attributions up to float rounding, never above `per_pass`
+    images a forward pass, and every one of the 3 x 6 path points once."""
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 2).eval()
+    x_new, x_source = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    target = torch.tensor([1, 0, 1])
+    whole = score.integrated_gradients(model, x_new, x_source, target, 6)
+    seen = []
+    hook = model.register_forward_hook(lambda module, args, output: seen.append(len(args[0])))
+    try:
+        parts = score.integrated_gradients(model, x_new, x_source, target, 6, per_pass)
+    finally:
+        hook.remove()
+    assert max(seen) <= per_pass and sum(seen) == 3 * 6
+    scale = whole.abs().max().item()
+    assert scale > 0
+    assert torch.allclose(parts, whole, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_images_per_pass_follow_the_budget_and_the_image_size():
+    model = build_classifier("resnet18", 2).eval()
+    small, large = score.activation_bytes(model, 64), score.activation_bytes(model, 128)
+    assert large / small == pytest.approx(4, rel=0.05)  # activations grow with the pixels
+    assert score.images_per_pass(model, 64, 1.0) == 2**30 // small
+    assert score.images_per_pass(model, 64, 1e-9) == 1  # never below one image
+
+
+def test_the_embedded_default_keeps_integrated_gradients_in_one_pass():
+    """params.yaml as committed: batch_size x ig_steps images fit score.ig_memory_gb, so the
+    committed scores are computed as before, in one pass."""
+    from ddb.config import load_config
+
+    config = load_config(REPO / "params.yaml")
+    model = build_classifier(config.classifier.arch, 2).eval()
+    per_pass = score.images_per_pass(model, config.data.image_size, config.score.ig_memory_gb)
+    assert per_pass >= config.score.batch_size * config.score.ig_steps
+
+
+def test_score_config_checks_the_memory_budget():
+    from ddb.config import ConfigError, ScoreConfig
+
+    with pytest.raises(ConfigError, match="score.ig_memory_gb"):
+        ScoreConfig(ig_memory_gb=0).validate()
 
 
 def test_score_on_cpu_is_the_float32_computation_and_autocast_stays_close():

@@ -26,21 +26,23 @@ from ddb.models.inversion import (
     save_learned_embeds,
     train_textual_inversion,
 )
-from ddb.models.loaders import load_text2image_pipeline
+from ddb.models.loaders import SD2_BASE, SD2_BASE_REVISION, load_text2image_pipeline
 from ddb.models.tokenizer import add_placeholder_tokens
 from ddb.stages import invert
 from tests.hub_cache import hub_snapshot
 from tests.test_inversion import TOKEN, VOCAB, _data, write_inversion_inputs
 from tests.tiny_models import tiny_inpaint_pipeline, tiny_text2image_pipeline
 
-BASE = "stabilityai/stable-diffusion-2-base"
+# the paper profiles' value: the live mirror, pinned
+BASE = f"{SD2_BASE}@{SD2_BASE_REVISION}"
 
 
 @pytest.fixture(scope="module")
 def hf_home(tmp_path_factory) -> Path:
-    """A Hugging Face home whose cache holds the tiny text-to-image pipeline as BASE."""
+    """A Hugging Face home whose cache holds the tiny text-to-image pipeline as SD2_BASE at
+    the pinned revision."""
     home = tmp_path_factory.mktemp("hf")
-    hub_snapshot(home, BASE, lambda folder: tiny_text2image_pipeline().save_pretrained(folder))
+    hub_snapshot(home, SD2_BASE, tiny_text2image_pipeline().save_pretrained, SD2_BASE_REVISION)
     return home
 
 

@@ -18,6 +18,7 @@ from ddb.models.langsam import (
     DEFAULT_DETECTOR,
     DEFAULT_SAM,
     LangSam,
+    best_boxes,
     detector_prompt,
     load_langsam,
     union_mask,
@@ -149,7 +150,7 @@ def test_an_images_mask_is_the_union_of_its_boxes_masks(langsam: LangSam, monkey
     one_by_one = [langsam.box_masks(images[:1], [box[None]])[0] for box in two_boxes]
     assert one_by_one[0].shape == (40, 60)
 
-    def hand_made_boxes(self, batch, prompt, box_threshold, text_threshold):
+    def hand_made_boxes(self, batch, prompt, box_threshold, text_threshold, max_boxes=0):
         return [two_boxes, torch.zeros((0, 4))]  # image 0: two boxes; image 1: none
 
     monkeypatch.setattr(LangSam, "boxes", hand_made_boxes)
@@ -157,6 +158,51 @@ def test_an_images_mask_is_the_union_of_its_boxes_masks(langsam: LangSam, monkey
 
     assert (masks[0] == (one_by_one[0] | one_by_one[1])).all()
     assert masks[1].shape == (40, 60) and not masks[1].any()  # no box: no detection
+
+
+@pytest.mark.parametrize("per_call", [1, 3])
+def test_boxes_in_chunks_through_the_decoder_give_the_same_union(
+    langsam: LangSam, monkeypatch, per_call: int
+):
+    images = noise_images([(40, 60)], seed=2)
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, 1, (7, 2, 2)) * [60, 40]  # 7 boxes: (x, y) pairs
+    boxes = torch.tensor(np.concatenate([corners.min(1), corners.max(1) + 2], 1)).float()
+    whole = langsam.box_masks(images, [boxes], boxes_per_call=len(boxes))[0]
+    first = langsam.box_masks(images, [boxes[:1]])[0]
+    assert whole.any() and not np.array_equal(whole, first)  # the other boxes add to it
+    calls = []
+    decode = LangSam._decode
+
+    def counted(self, embedding, chunk, size):
+        calls.append(len(chunk))
+        return decode(self, embedding, chunk, size)
+
+    monkeypatch.setattr(LangSam, "_decode", counted)
+    chunked = langsam.box_masks(images, [boxes], boxes_per_call=per_call)[0]
+    assert np.array_equal(chunked, whole)
+    assert max(calls) <= per_call and sum(calls) == len(boxes)
+
+
+def test_best_boxes_keeps_the_highest_scoring_first():
+    boxes = torch.arange(20.0).reshape(5, 4)
+    scores = torch.tensor([0.4, 0.9, 0.35, 0.7, 0.5])
+    assert best_boxes(boxes, scores, 2).tolist() == [boxes[1].tolist(), boxes[3].tolist()]
+    assert best_boxes(boxes, scores, 0)[:, 0].tolist() == [4.0, 12.0, 16.0, 0.0, 8.0]  # all
+    assert len(best_boxes(boxes, scores, 9)) == 5
+
+
+def test_max_boxes_caps_the_detectors_boxes_per_image(langsam: LangSam):
+    images = noise_images([(40, 60), (40, 60)], seed=3)
+    every = langsam.boxes(images, "bird", 0.05, 0.25)  # a low threshold: many random boxes
+    assert all(len(b) > 2 for b in every)
+    capped = langsam.boxes(images, "bird", 0.05, 0.25, max_boxes=2)
+    for few, many in zip(capped, every):
+        assert len(few) == 2
+        assert all(any(torch.equal(box, other) for other in many) for box in few)
+    masks = langsam.masks(images, "bird", 0.05, 0.25, max_boxes=2)
+    expected = langsam.box_masks(images, capped)
+    assert all(np.array_equal(m, e) for m, e in zip(masks, expected))
 
 
 @pytest.mark.parametrize(
@@ -184,7 +230,9 @@ def test_an_empty_folder_is_a_clear_error(tmp_path: Path):
 def test_segment_config_takes_langsam_and_checks_its_thresholds():
     SegmentConfig(source="langsam").validate()
     assert (SegmentConfig().box_threshold, SegmentConfig().text_threshold) == (0.3, 0.25)
-    for bad in ({"box_threshold": 1.0}, {"text_threshold": 0.0}, {"source": "sam"}):
+    assert SegmentConfig().max_boxes == 16
+    bad_values = ({"box_threshold": 1.0}, {"text_threshold": 0.0}, {"source": "sam"})
+    for bad in (*bad_values, {"max_boxes": -1}):
         with pytest.raises(ConfigError):
             SegmentConfig(**bad).validate()
 

@@ -13,7 +13,13 @@ from diffusers import (
 from PIL import Image
 
 from ddb.config import ConfigError
-from ddb.models.loaders import load_inpaint_pipeline, load_segmenter, looks_like_hub_id
+from ddb.models.loaders import (
+    TAKEN_DOWN,
+    load_inpaint_pipeline,
+    load_segmenter,
+    looks_like_hub_id,
+    split_revision,
+)
 from ddb.models.segmenter import build_segmenter
 from ddb.models.tokenizer import clip_tokenizer
 from tests.tiny_models import tiny_inpaint_pipeline
@@ -171,3 +177,44 @@ def test_looks_like_hub_id():
     assert not looks_like_hub_id("models/foundation/inpaint")
     assert not looks_like_hub_id("./clipseg")
     assert not looks_like_hub_id("/data/sd2")
+
+
+def test_split_revision_reads_the_hubs_at_notation_and_leaves_paths_alone(tmp_path: Path):
+    sha = "5f74973cbb64c8568780732c17f43eb269d63a0d"
+    assert split_revision("k", f"org/name@{sha}") == ("org/name", sha)
+    assert split_revision("k", "org/name@main") == ("org/name", "main")
+    assert split_revision("k", "org/name") == ("org/name", None)
+    assert split_revision("k", "models/foundation/inpaint") == ("models/foundation/inpaint", None)
+    folder = tmp_path / "sd@2"  # a local folder may contain "@"; hub ids cannot
+    folder.mkdir()
+    assert split_revision("k", str(folder)) == (str(folder), None)
+    with pytest.raises(ConfigError, match="'models.diffusion'.*nothing after '@'"):
+        split_revision("models.diffusion", "org/name@")
+
+
+def test_the_taken_down_ids_map_to_pinned_mirrors():
+    for old, (mirror, revision) in TAKEN_DOWN.items():
+        assert old.startswith("stabilityai/stable-diffusion-2-")
+        assert mirror == old.replace("stabilityai/", "sd2-community/")
+        assert len(revision) == 40 and int(revision, 16) >= 0  # a full commit sha
+
+
+def test_a_pinned_hub_id_not_in_the_cache_names_the_revision(empty_hf_cache: Path):
+    with pytest.raises(ConfigError) as err:
+        load_segmenter("ddb-tests/not-a-cached-model@abc123")
+    message = str(err.value)
+    assert "hf download ddb-tests/not-a-cached-model --revision abc123" in message
+    assert "models.segmenter: ddb-tests/not-a-cached-model@abc123" in message
+
+
+def test_a_pipeline_with_only_fp16_files_loads_them(tmp_path: Path):
+    """`hf download <id> --include "*.fp16.safetensors" ...` leaves only the variant files;
+    diffusers loads them only with variant="fp16"."""
+    saved = tiny_inpaint_pipeline()
+    saved.save_pretrained(tmp_path / "inpaint", variant="fp16")
+    assert not list((tmp_path / "inpaint" / "unet").glob("diffusion_pytorch_model.safetensors"))
+
+    pipe = load_inpaint_pipeline(str(tmp_path / "inpaint"))
+
+    for name in ("unet", "vae", "text_encoder"):
+        assert_same_weights(getattr(saved, name), getattr(pipe, name))

@@ -21,7 +21,13 @@ from PIL import Image
 from ddb import experiments
 from ddb.config import profile_config
 from tests.conftest import REPO, commit_all, copy_committed_outputs, run_in
-from tests.paper_world import DATA_ROOT_KEY, SD2_BASE, WATERBIRDS_DIR, paper_world, use_world
+from tests.paper_world import (
+    DATA_ROOT_KEY,
+    SD2_BASE_PINNED,
+    WATERBIRDS_DIR,
+    paper_world,
+    use_world,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +39,7 @@ TOY_COUNTS = [
     "classifier.num_workers=2",  # the profiles' 8 workers, fewer on a 2-core CI machine
     "baselines.jtt.identification_epochs=1",
     "baselines.jtt.recipe.epochs=1",
+    "baselines.jtt.upweight=2",  # the profile's 100 copies of each error: 100x the epoch
     "baselines.jtt.recipe.batch_size=8",
     "baselines.group_dro.recipe.epochs=1",
     "baselines.group_dro.recipe.batch_size=8",
@@ -121,7 +128,7 @@ def test_every_stage_of_the_profile_runs_and_writes_every_metric(paper_project):
 def test_the_run_used_the_papers_models_and_shapes(paper_project):
     root, _ = paper_project
     params = profile_config("waterbirds", root / "conf")
-    assert params.segment.source == "langsam" and params.models.inversion == SD2_BASE
+    assert params.segment.source == "langsam" and params.models.inversion == SD2_BASE_PINNED
     checkpoint = torch.load(root / "models/erm/model.pt", map_location="cpu", weights_only=False)
     assert checkpoint["arch"] == "resnet50"
     index = pd.read_csv(root / "models/index/table.csv")

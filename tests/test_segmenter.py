@@ -22,6 +22,7 @@ from ddb.models.segmenter import (
 )
 from ddb.models.tokenizer import clip_tokenizer
 
+REFERENCE = Path(__file__).parent / "hub_reference"  # real checkpoints' small files
 SIZE = 32  # the processor's (and logits') side; the synthetic images are 48 px
 
 
@@ -169,3 +170,22 @@ def test_tensor_inputs_equal_the_processors(segmenter):
     assert torch.allclose(ours["pixel_values"], expected["pixel_values"], atol=1e-5)
     with pytest.raises(ValueError, match="the model takes"):
         TensorInputs(processor, torch.device("cpu"))(torch.from_numpy(images[:, :16]), prompts)
+
+
+def test_tensor_inputs_normalise_with_the_checkpoints_own_mean_and_std(segmenter):
+    """The real CLIPSeg processor (CIDAS/clipseg-rd64-refined's preprocessor_config.json, as
+    shipped) normalises with ImageNet's mean and std, not CLIP's: the fast path must too."""
+    from transformers import CLIPSegProcessor, ViTImageProcessor
+
+    real = REFERENCE / "CIDAS--clipseg-rd64-refined"
+    image_processor = ViTImageProcessor.from_pretrained(real, size={"height": SIZE, "width": SIZE})
+    assert list(image_processor.image_mean) == [0.485, 0.456, 0.406]  # ImageNet's, as the file says
+    tokenizer = segmenter[0].tokenizer
+    processor = CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    images = np.random.default_rng(4).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+
+    expected = model_inputs(processor, images, ["bird", "bird"], torch.device("cpu"))
+    ours = TensorInputs(processor, torch.device("cpu"))(torch.from_numpy(images), ["bird"] * 2)
+
+    # CLIP's constants instead of the file's move pixels by up to ~0.25; rounding by 1e-5
+    assert torch.allclose(ours["pixel_values"], expected["pixel_values"], atol=1e-5)

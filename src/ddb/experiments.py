@@ -3,14 +3,15 @@
 Commands, not stages: each run is a `dvc exp run --queue -n <name> -S key=value ...`
 experiment, the queue runs one at a time (`dvc exp run --run-all -j 1`, in temporary copies
 of the repository, so the workspace is untouched and stages whose inputs did not change are
-restored from DVC's run cache), and the tables are built from `dvc exp show --json`.
+restored from DVC's run cache), and the tables are built from `dvc.api.exp_show` and each
+experiment's metrics files in its git commit.
 
 - paper table: every dataset profile of `report.datasets` (conf/dataset/<name>.yaml: the
   paper's whole recipe for that dataset, `-S dataset=<name>`) x `report.seeds` seeds. A seed s sets
   SEED_KEYS = s (classifier training: ERM, the baselines, DFR, DDB's retrain; through ERM's
   losses also which sources DDB selects). The foundation models are never retrained.
-  A dataset whose data or checkpoints are missing is not run; its column says what is
-  missing. Writes reports/paper_table.md and reports/figures/paper_table.png.
+  A dataset whose data or checkpoints are missing is not run; the table lists what is
+  missing below it. Writes reports/paper_table.md and reports/figures/paper_table.png.
 - ablations: the controls of ABLATIONS on the default params (one seed). Writes
   reports/ablations.md.
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ddb import paths
+from ddb import paths, tables
 from ddb.config import Config
 
 log = logging.getLogger(__name__)
@@ -56,23 +57,6 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "inversion-40": ("40 inversion images per class", {"invert.num_images": 40}),
     "box-masks": ("box masks (the mask's bounding box)", {"segment.mask_shape": "box"}),
 }
-
-# Published test WGA (%), ../shared/docs/method.md; None: not published.
-DATASET_TITLES = {
-    "embedded": "embedded benchmark",
-    "waterbirds": "Waterbirds",
-    "celeba": "CelebA",
-    "metashift": "MetaShift",
-}
-PUBLISHED_WGA = {
-    "erm": {"waterbirds": 74.6, "celeba": 42.2, "metashift": 67.0},
-    "jtt": {"waterbirds": 86.7, "celeba": 81.1, "metashift": 64.6},
-    "group_dro": {"waterbirds": 91.4, "celeba": 88.9},
-    "dfr": {"waterbirds": 92.9, "celeba": 88.3, "metashift": 72.8},
-    "ddb_no_prune": {"waterbirds": 91.28, "celeba": 81.7, "metashift": 80.6},
-    "ddb": {"waterbirds": 93.0, "celeba": 85.8, "metashift": 81.2},
-}
-
 
 # ---- what runs ---------------------------------------------------------------------------
 
@@ -125,7 +109,8 @@ def missing_requirements(config: Config) -> list[str]:
 
 
 def needed_checkpoints(config: Config) -> dict[str, str]:
-    """params key -> checkpoint, for each model the profile's stages load."""
+    """params key -> checkpoint (a folder, or a hub id with an optional @revision), for each
+    model the profile's stages load."""
     needed = {}
     if config.generate.method == "diffusion" or config.invert.num_images > 0:
         needed["models.diffusion"] = config.models.diffusion
@@ -139,14 +124,12 @@ def needed_checkpoints(config: Config) -> dict[str, str]:
     return needed
 
 
-def in_hub_cache(hub_id: str) -> bool:
-    from huggingface_hub import snapshot_download
+def in_hub_cache(name: str) -> bool:
+    """True if `name` (a hub id, `@revision` pinned or not) has its snapshot in the cache:
+    the profiles pin the SD2 mirrors, and only that revision lets their column run."""
+    from ddb.models.loaders import in_hub_cache as cached
 
-    try:
-        snapshot_download(hub_id, local_files_only=True)
-    except Exception:  # not cached, or not a hub id at all
-        return False
-    return True
+    return cached(name)
 
 
 def override_args(overrides: dict[str, Any]) -> list[str]:
@@ -161,7 +144,8 @@ def override_args(overrides: dict[str, Any]) -> list[str]:
 
 def run_queue(runs: dict[str, dict[str, Any]], start: bool = True) -> None:
     """Queue each run under its name (replacing an older one of that name); with `start`,
-    run them all, one at a time."""
+    run them all, one at a time. Through the CLI: `dvc.api` has no queue API (only
+    `exp_show` and `exp_save`), and `Repo().experiments` is DVC's internals."""
     for name, overrides in runs.items():
         subprocess.run(["dvc", "exp", "remove", name], capture_output=True)
         # Target `report`: every stage the tables read, not foundation_report (which
@@ -183,67 +167,66 @@ def queued_message(names: list[str], command: str) -> str:
 
 # ---- reading the results -----------------------------------------------------------------
 
+METRICS_FILES = ("reports/metrics.json", "reports/prune.json")
 
-def experiments_by_name(show: list[dict]) -> dict[str, dict]:
-    """The newest finished experiment of each name in `dvc exp show --json` output -> its
-    data ({"params", "metrics", "timestamp", "rev"}). Queued, running and failed
-    experiments are left out (a running one shows its baseline's metrics)."""
-    found: dict[str, dict] = {}
-    for baseline in show:
-        for experiment in baseline.get("experiments") or []:
-            state = (experiment.get("executor") or {}).get("state")
-            if state not in (None, "success"):  # None: run in the workspace, finished
-                continue
-            for rev in experiment.get("revs") or []:
-                name, data = rev.get("name"), rev.get("data") or {}
-                older = found.get(name) if name else None
-                if name and (older is None or _newer(data, older)):
-                    found[name] = {**data, "rev": rev.get("rev")}
+
+def exp_rows() -> list[dict]:
+    """`dvc.api.exp_show`'s rows (one flat dict per baseline and experiment) for every commit
+    on HEAD's first-parent history, so an experiment stays found after its baseline commit is
+    no longer HEAD (the tables are committed after the runs)."""
+    import dvc.api
+
+    return dvc.api.exp_show(num=-1)
+
+
+def newest_experiments(rows: list[dict]) -> dict[str, str]:
+    """Experiment name -> git rev of the newest finished experiment of that name, from
+    `dvc.api.exp_show` rows. Queued, running and failed experiments are left out (a running
+    or failed one shows its baseline's metrics); State is None for one run in the workspace.
+    Newest by its commit's time: the rows' "Created" is rounded to the minute or the day."""
+    found: dict[str, tuple[int, str]] = {}
+    for row in rows:
+        name = row.get("Experiment")
+        if row.get("typ") == "baseline" or not name or row.get("State") not in (None, "Success"):
+            continue
+        time = commit_time(row["rev"])
+        if name not in found or time > found[name][0]:  # a tie keeps DVC's order, newest first
+            found[name] = (time, row["rev"])
+    return {name: rev for name, (_, rev) in found.items()}
+
+
+def commit_time(rev: str) -> int:
+    out = subprocess.run(
+        ["git", "show", "-s", "--format=%ct", rev], check=True, capture_output=True, text=True
+    )
+    return int(out.stdout)
+
+
+def committed_files(rev: str, files: tuple[str, ...]) -> dict[str, dict]:
+    """The metrics files of an experiment's commit, whole: `dvc.api.exp_show` keeps only
+    their numbers, flattened (no interval lists). The stages commit them (`cache: false`);
+    one git lacks is left out."""
+    found = {}
+    for path in files:
+        out = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+        if out.returncode == 0:
+            found[path] = json.loads(out.stdout)
     return found
 
 
-def _newer(a: dict, b: dict) -> bool:
-    return (a.get("timestamp") or "") > (b.get("timestamp") or "")
-
-
-def metrics_file(data: dict, name: str) -> dict | None:
-    entry = (data.get("metrics") or {}).get(name) or {}
-    return entry.get("data")
-
-
-def with_full_metrics(experiments: dict[str, dict], names: list[str]) -> dict[str, dict]:
-    """`dvc exp show` keeps only a metrics file's numbers (no interval lists); read the
-    files themselves from each experiment's commit where git has it."""
-    for name in names:
-        data = experiments.get(name)
-        if not data or not data.get("rev"):
-            continue
-        for path, entry in (data.get("metrics") or {}).items():
-            out = subprocess.run(
-                ["git", "show", f"{data['rev']}:{path}"], capture_output=True, text=True
-            )
-            if out.returncode == 0:
-                entry["data"] = json.loads(out.stdout)
-    return experiments
-
-
-def exp_show() -> list[dict]:
-    out = subprocess.run(
-        ["dvc", "exp", "show", "--json", "--all-commits"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout)
+def collect(names: list[str]) -> dict[str, dict[str, dict]]:
+    """Experiment name -> {metrics file -> its content} for each of `names` that finished."""
+    revs = newest_experiments(exp_rows())
+    return {name: committed_files(revs[name], METRICS_FILES) for name in names if name in revs}
 
 
 def collect_paper_results(
-    experiments: dict[str, dict], runs: dict[str, tuple[str, int, dict]]
+    experiments: dict[str, dict[str, dict]], runs: dict[str, tuple[str, int, dict]]
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
     """dataset -> method -> {"wga", "mean_acc", "adjusted_mean_acc"} -> one value per seed (%)."""
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     for name, (dataset, _seed, _overrides) in runs.items():
-        metrics = metrics_file(experiments.get(name, {}), "reports/metrics.json")
+        metrics = experiments.get(name, {}).get("reports/metrics.json")
         if not metrics:
             log.warning("experiment %s has no metrics (failed or not run); left out", name)
             continue
@@ -257,61 +240,40 @@ def collect_paper_results(
 # ---- tables and figure -------------------------------------------------------------------
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.1f} ± {std:.1f}"
-
-
 def _method_order(results: dict) -> list[str]:
-    from ddb.stages.report import METHODS
-
     present = {m for by_method in results.values() for m in by_method}
-    return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+    return [m for m in tables.METHODS if m in present] + sorted(present - set(tables.METHODS))
 
 
 def paper_table_markdown(
-    results: dict, missing: dict[str, list[str]], datasets: list[str], seeds: int
+    results: dict,
+    missing: dict[str, list[str]],
+    datasets: list[str],
+    seeds: int,
+    published: dict[str, tables.Published] | None = None,
 ) -> str:
-    """Rows = methods, columns = datasets (measured mean ± std over seeds, then the paper's)."""
-    from ddb.stages.report import METHODS
+    """Rows = methods, one column per dataset: our mean ± std over seeds, the paper's figure
+    beside it in the same cell; what kept a column from running is listed once, below."""
+    published = tables.published() if published is None else published
+    methods = _method_order(results) or list(tables.METHODS)
 
-    methods = _method_order(results) or list(METHODS)
-    published_datasets = {d for by_dataset in PUBLISHED_WGA.values() for d in by_dataset}
-    header = ["method", "groups train/val"]
-    for d in datasets:
-        header.append(f"{DATASET_TITLES.get(d, d)} (ours)")
-        if d in published_datasets:
-            header.append(f"{DATASET_TITLES.get(d, d)} (paper)")
-    lines = _table_head(header)
-    for row, method in enumerate(methods):
-        name, train_groups, val_groups = METHODS.get(method, (method, "?", "?"))
-        cells = [name, f"{train_groups} / {val_groups}"]
-        for d in datasets:
-            if d in missing:  # what is missing, once per column
-                cells.append(f"not run: {'; '.join(missing[d])}, see README" if row == 0 else "〃")
-            else:
-                cells.append(mean_std(results.get(d, {}).get(method, {}).get("wga", [])))
-            if d in published_datasets:
-                published = PUBLISHED_WGA.get(method, {}).get(d)
-                cells.append("–" if published is None else f"{published:g}")
-        lines.append(_row(cells))
-    wga = "\n".join(lines)
+    def beside(ours: str, method: str, dataset: str) -> str:
+        figure = published[method].wga.get(dataset) if method in published else None
+        return ours if figure is None else f"{ours} (paper {figure:.1f})"
 
-    mean_header = ["method", *(DATASET_TITLES.get(d, d) for d in datasets)]
-    mean_lines = _table_head(mean_header)
+    wga_rows, mean_rows = [], []
     for method in methods:
-        cells = [METHODS.get(method, (method,))[0]]
+        _, train_groups, val_groups = tables.METHODS.get(method, (method, "?", "?"))
+        wga, mean = [tables.method_name(method), f"{train_groups} / {val_groups}"], []
         for d in datasets:
-            cell = results.get(d, {}).get(method)
-            if d in missing or not cell:
-                cells.append("not run" if d in missing else "–")
-            else:
-                cells.append(
-                    f"{mean_std(cell['mean_acc'])} / {mean_std(cell['adjusted_mean_acc'])}"
-                )
-        mean_lines.append(_row(cells))
+            cell = {} if d in missing else results.get(d, {}).get(method, {})
+            wga.append(beside(tables.mean_std(cell.get("wga", [])), method, d))
+            both = [tables.mean_std(cell.get(k, [])) for k in ("mean_acc", "adjusted_mean_acc")]
+            mean.append(tables.NONE if not cell else " / ".join(both))
+        wga_rows.append(wga)
+        mean_rows.append([tables.method_name(method), *mean])
+    titles = [tables.dataset_title(d) for d in datasets]
+    not_run = _not_run(missing, datasets)
     return "\n".join(
         [
             "# Paper table",
@@ -319,23 +281,63 @@ def paper_table_markdown(
             "Regenerate with `make paper-table` (README). Test worst-group accuracy (%), mean "
             f"± std over {seeds} seeds; a seed sets {', '.join(SEED_KEYS)} (classifier "
             "training, and through ERM's losses DDB's sources; the foundation models are never "
-            "retrained). The paper's figures (Waterbirds, CelebA, MetaShift) are beside ours; "
-            "the embedded benchmark has none. The groups column says which group labels a "
-            "method uses, in train / in val.",
+            "retrained). The paper's figure stands beside ours, as (paper 93.0); the embedded "
+            "benchmark has none. The groups column says which group labels a method uses, in "
+            "train / in val.",
             "",
-            wga,
+            tables.markdown_table(["method", "groups train/val", *titles], wga_rows),
+            "",
+            *not_run,
+            _sources(methods, published, datasets),
             "",
             "## Mean accuracy",
             "",
             "Test accuracy (%), mean ± std over seeds, as **plain mean / adjusted mean** "
-            "(adjusted: per-group accuracy weighted by the train group sizes).",
+            "(adjusted: per-group accuracy weighted by the train group sizes); "
+            f"{tables.NONE}: no result (the columns not run: above).",
             "",
-            "\n".join(mean_lines),
+            tables.markdown_table(["method", *titles], mean_rows),
             "",
             "![test WGA per method](figures/paper_table.png)",
             "",
         ]
     )
+
+
+def _not_run(missing: dict[str, list[str]], datasets: list[str]) -> list[str]:
+    """The columns not run and what each lacks, once; what they all lack on one line."""
+    columns = [d for d in datasets if d in missing]
+    if not columns:
+        return []
+    shared = [m for m in missing[columns[0]] if all(m in missing[d] for d in columns[1:])]
+    shared = shared if len(columns) > 1 else []
+    lines = [
+        f"**Not run** (cells {tables.NONE}), for want of these on this machine (README, "
+        "[The paper's setting, per dataset](../README.md#the-papers-setting-per-dataset)):",
+        "",
+    ]
+    for d in columns:
+        own = [m for m in missing[d] if m not in shared]
+        if own:
+            lines.append(f"- **{tables.dataset_title(d)}**: {'; '.join(own)}.")
+    if shared:
+        titles = ", ".join(tables.dataset_title(d) for d in columns)
+        lines.append(f"- **{titles}**, each: {'; '.join(shared)}.")
+    return [*lines, ""]
+
+
+def _sources(
+    methods: list[str], published: dict[str, tables.Published], datasets: list[str]
+) -> str:
+    """Where the paper figures in the table come from (published.yaml's sources)."""
+    by_source: dict[str, list[str]] = {}
+    for method in methods:
+        entry = published.get(method)
+        if entry and any(d in entry.wga for d in datasets):
+            by_source.setdefault(entry.source, []).append(tables.method_name(method))
+    if not by_source:
+        return ""
+    return "Paper figures: " + "; ".join(f"{', '.join(m)}: {s}" for s, m in by_source.items()) + "."
 
 
 def plot_paper_table(results: dict, out: Path) -> None:
@@ -344,9 +346,9 @@ def plot_paper_table(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ddb.stages.report import METHODS
     from ddb.utils import atomic_path
 
+    published = tables.published()
     datasets = [d for d in results if results[d]]
     methods = _method_order(results)
     fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4 + 3 * len(datasets), 3.6))
@@ -357,15 +359,15 @@ def plot_paper_table(results: dict, out: Path) -> None:
         stds = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
         x = np.arange(len(methods))
         ax.bar(x, means, yerr=stds, capsize=3, color="tab:blue", label="ours (mean ± std)")
-        published = [PUBLISHED_WGA.get(m, {}).get(dataset) for m in methods]
-        if any(p is not None for p in published):
-            px = [i for i, p in enumerate(published) if p is not None]
-            ax.plot(px, [published[i] for i in px], "k_", ms=14, mew=2, label="paper")
-        ax.set_xticks(x, [METHODS.get(m, (m,))[0] for m in methods], rotation=40, ha="right")
+        paper = [published[m].wga.get(dataset) if m in published else None for m in methods]
+        if any(p is not None for p in paper):
+            px = [i for i, p in enumerate(paper) if p is not None]
+            ax.plot(px, [paper[i] for i in px], "k_", ms=14, mew=2, label="paper")
+        ax.set_xticks(x, [tables.method_name(m) for m in methods], rotation=40, ha="right")
         ax.set_ylim(0, 100)
         ax.set_ylabel("test WGA (%)")
         n = max((len(v) for v in values), default=0)
-        ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)} ({n} seeds)", fontsize=10)
+        ax.set_title(f"{tables.dataset_title(dataset)} ({n} seeds)", fontsize=10)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     with atomic_path(out) as tmp:
@@ -373,7 +375,7 @@ def plot_paper_table(results: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def ablations_markdown(experiments: dict[str, dict]) -> str:
+def ablations_markdown(experiments: dict[str, dict[str, dict]]) -> str:
     """One row per control: DDB's test/val WGA, without pruning, and what prune kept."""
     header = [
         "control",
@@ -386,15 +388,15 @@ def ablations_markdown(experiments: dict[str, dict]) -> str:
         "kept",
         "independent classifier agrees (all / kept)",
     ]
-    lines = _table_head(header)
+    rows = []
     reference = None
     for key, (what, overrides) in ABLATIONS.items():
-        data = experiments.get(f"ablation-{key}", {})
-        metrics = metrics_file(data, "reports/metrics.json")
-        prune = metrics_file(data, "reports/prune.json") or {}
+        files = experiments.get(f"ablation-{key}", {})
+        metrics = files.get("reports/metrics.json")
+        prune = files.get("reports/prune.json") or {}
         params = ", ".join(f"`{k}={v}`" for k, v in overrides.items()) or "defaults"
         if not metrics:
-            lines.append(_row([what, params, "not run", *[""] * (len(header) - 3)]))
+            rows.append([what, params, "not run", *[""] * (len(header) - 3)])
             continue
         reference = reference or (metrics if key == "ddb" else None)
         ddb, no_prune = metrics["ddb"], metrics["ddb_no_prune"]
@@ -402,27 +404,23 @@ def ablations_markdown(experiments: dict[str, dict]) -> str:
         for class_name, target in (prune.get("per_target") or {}).items():
             a, k = target.get("independent_acc_all"), target.get("independent_acc_kept")
             agree.append(f"{class_name} {_pct(a)} / {_pct(k)}")
-        lines.append(
-            _row(
-                [
-                    what,
-                    params,
-                    _wga_cell(ddb["test"]),
-                    f"{100 * ddb['val']['wga']:.1f}",
-                    f"{100 * ddb['test']['mean_acc']:.1f}",
-                    f"{100 * no_prune['test']['wga']:.1f}",
-                    str(prune.get("generated", "?")),
-                    str(prune.get("kept", "?")),
-                    "; ".join(agree) or "n/a",
-                ]
-            )
+        rows.append(
+            [
+                what,
+                params,
+                _wga_cell(ddb["test"]),
+                f"{100 * ddb['val']['wga']:.1f}",
+                f"{100 * ddb['test']['mean_acc']:.1f}",
+                f"{100 * no_prune['test']['wga']:.1f}",
+                str(prune.get("generated", "?")),
+                str(prune.get("kept", "?")),
+                "; ".join(agree) or "n/a",
+            ]
         )
-    from ddb.stages.report import METHODS
-
     refs = ""
     if reference:
         refs = ", ".join(
-            f"{METHODS[name][0]} {100 * reference[name]['test']['wga']:.1f}"
+            f"{tables.method_name(name)} {100 * reference[name]['test']['wga']:.1f}"
             for name in ("erm", "group_balanced", "jtt", "dfr")
             if name in reference
         )
@@ -439,7 +437,7 @@ def ablations_markdown(experiments: dict[str, dict]) -> str:
             "(the group-balanced baseline, never used by DDB) says whether each target "
             "class's samples look like that class, over all samples / the kept ones.",
             "",
-            "\n".join(lines),
+            tables.markdown_table(header, rows),
             "",
             refs,
             "",
@@ -449,18 +447,8 @@ def ablations_markdown(experiments: dict[str, dict]) -> str:
 
 def _wga_cell(split: dict) -> str:
     """WGA in %, with its interval where the metrics carry one (as results.md writes it)."""
-    from ddb.stages.report import _cell
-
     interval = (split.get("ci") or {}).get("wga")
-    return _cell(split["wga"], interval) if interval else f"{100 * split['wga']:.1f}"
-
-
-def _table_head(header: list[str]) -> list[str]:
-    return [_row(header), "|" + "---|" * len(header)]
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
+    return tables.interval_cell(split["wga"], interval) if interval else f"{100 * split['wga']:.1f}"
 
 
 def _pct(value) -> str:
@@ -483,7 +471,7 @@ def paper_table(config: Config, collect_only: bool = False, queue_only: bool = F
         run_queue({name: overrides for name, (_, _, overrides) in runs.items()}, not queue_only)
         if queue_only:
             return queued_message(list(runs), "paper-table")
-    results = collect_paper_results(experiments_by_name(exp_show()), runs)
+    results = collect_paper_results(collect(list(runs)), runs)
     text = paper_table_markdown(results, missing, list(datasets), config.report.seeds)
     write_text(paths.REPORTS / "paper_table.md", text)
     plot_paper_table(results, paths.FIGURES / "paper_table.png")
@@ -507,8 +495,7 @@ def ablations(
         run_queue(runs, not queue_only)
         if queue_only:
             return queued_message(list(runs), "ablations")
-    experiments = experiments_by_name(exp_show())
-    shown = [f"ablation-{name}" for name in ABLATIONS]  # the table has a row for each
-    text = ablations_markdown(with_full_metrics(experiments, shown))
+    # the table has a row for each control, run now or before
+    text = ablations_markdown(collect([f"ablation-{name}" for name in ABLATIONS]))
     write_text(paths.REPORTS / "ablations.md", text)
     return text

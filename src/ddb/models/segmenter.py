@@ -32,7 +32,8 @@ from transformers import (
 
 log = logging.getLogger(__name__)
 
-# OpenAI CLIP's normalisation, which CLIPSeg's processor also uses.
+# OpenAI CLIP's normalisation, which our small CLIPSeg's processor uses (the real
+# CIDAS/clipseg-rd64-refined processor normalises with ImageNet's: TensorInputs reads it).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HEAD_DIM = 64  # CLIP's attention head width
@@ -113,24 +114,27 @@ def model_inputs(
 
 class TensorInputs:
     """The processor's inputs built from device tensors, for training: uint8 B×H×W×3 images
-    at the processor's size are rescaled and CLIP-normalised on the device, and each
-    distinct prompt is tokenized once, then padded to the batch's longest as the processor
-    pads. Equal to `model_inputs` (a test checks it), without its per-image PIL round trip,
-    which bound GPU training to the host's speed."""
+    at the processor's size are rescaled and normalised on the device with the processor's
+    own factor, mean and std (a checkpoint's, never CLIP's constants), and each distinct
+    prompt is tokenized once, then padded to the batch's longest as the processor pads.
+    Equal to `model_inputs` (a test checks it), without its per-image PIL round trip, which
+    bound GPU training to the host's speed."""
 
     def __init__(self, processor: CLIPSegProcessor, device: torch.device):
         self.tokenizer = processor.tokenizer
-        size = processor.image_processor.size
-        self.size = (size["height"], size["width"])
-        self.mean = torch.tensor(CLIP_MEAN, device=device)[:, None, None]
-        self.std = torch.tensor(CLIP_STD, device=device)[:, None, None]
+        images = processor.image_processor
+        self.size = (images.size["height"], images.size["width"])
+        self.scale = images.rescale_factor if images.do_rescale else 1.0
+        mean, std = (images.image_mean, images.image_std) if images.do_normalize else (0, 1)
+        self.mean = torch.tensor(mean, device=device, dtype=torch.float32).reshape(-1, 1, 1)
+        self.std = torch.tensor(std, device=device, dtype=torch.float32).reshape(-1, 1, 1)
         self.device = device
         self.ids: dict[str, list[int]] = {}
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         if tuple(images.shape[1:3]) != self.size:
             raise ValueError(f"images are {tuple(images.shape[1:3])}, the model takes {self.size}")
-        pixels = images.to(self.device).permute(0, 3, 1, 2).float() / 255
+        pixels = images.to(self.device).permute(0, 3, 1, 2).float() * self.scale
         for prompt in set(prompts) - self.ids.keys():
             self.ids[prompt] = self.tokenizer(prompt).input_ids
         longest = max(len(self.ids[p]) for p in prompts)

@@ -33,7 +33,11 @@ padded by repeating its last job, whose copies are discarded: with per-image see
 change no image), so compiled graphs and cuDNN's autotuned kernels are reused; a
 background thread decodes and resizes the next batch's images, and saves the last batch's,
 while the current one denoises. On CPU none of this applies (float32, no padding, no
-compile): the committed outputs were made there, and stay bit-identical.
+compile): the committed outputs were made there, and stay bit-identical. The profiles'
+batch sizes are a GPU's (32 images at 512 px: some 40 GiB in float32 on CPU, where two
+images peaked at 7.6 GiB, 5.1 of it weights), so on CPU the batch is lowered, with a log
+line, to what the memory available after loading the pipeline holds (`cpu_batch_size`);
+each image has its own seed, so this changes no image.
 
 Writes models/generate/: shards/shard_NNNNN/{NNNNNN.png, shard.csv}, fingerprint.json and
 manifest.csv (Waterbirds columns img_filename (relative to models/generate), y = i',
@@ -55,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -119,6 +124,7 @@ def run(config: Config) -> None:
         pipe = None
         if config.generate.method == "diffusion":
             pipe = load_pipeline(config, class_names, state.device)
+            config = with_cpu_batch_size(config, pipe)
         for k in tqdm(mine, desc="generate", unit="shard", disable=not state.is_local_main_process):
             write_shard(pipe, shards[k], shard_dir(work, k), Path(config.data.root), config)
     state.wait_for_everyone()
@@ -277,6 +283,49 @@ def load_pipeline(config: Config, class_names, device):
         for name in class_names:
             load_learned_embeds(pipe, paths.INVERT / name / "learned_embeds.safetensors")
     return optimize_pipeline(pipe, compile=config.generate.compile)
+
+
+# Peak bytes one 512 px image adds to a float32 CPU batch of SD2 inpainting (UNet width
+# 320) with classifier-free guidance: (7.6 - 5.1) GiB / 2, measured by hand
+BYTES_PER_IMAGE_SD2_512 = 1.25 * 2**30
+
+
+def image_bytes(pipe, guidance: float) -> float:
+    """Estimated peak bytes of one image in a CPU batch: the SD2 figure scaled by the
+    pipeline's pixels, its UNet's width and dtype, halved without guidance (one UNet pass)."""
+    side = pipeline_size(pipe)
+    width = pipe.unet.config.block_out_channels[0] / 320
+    dtype = pipe.unet.dtype.itemsize / 4
+    guided = 1.0 if guidance > 1 else 0.5  # diffusers runs the unconditional pass at > 1
+    return BYTES_PER_IMAGE_SD2_512 * (side / 512) ** 2 * width * dtype * guided
+
+
+def cpu_batch_size(batch_size: int, per_image: float, available: float) -> int:
+    """The largest batch up to `batch_size` whose images fit in 80% of `available` bytes
+    (at least 1)."""
+    return max(1, min(batch_size, int(0.8 * available // per_image)))
+
+
+def with_cpu_batch_size(config: Config, pipe) -> Config:
+    """`config` with generate.batch_size lowered to what this machine's free memory holds,
+    on CPU only (a GPU's memory is its own), with a log line when lowered."""
+    if pipe.device.type != "cpu":
+        return config
+    cfg = config.generate
+    per_image = image_bytes(pipe, cfg.guidance)
+    available = psutil.virtual_memory().available
+    batch = cpu_batch_size(cfg.batch_size, per_image, available)
+    if batch == cfg.batch_size:
+        return config
+    log.info(
+        "generate: generate.batch_size %d lowered to %d on CPU: %.1f GiB available, about "
+        "%.2f GiB per image (each image has its own seed: no image changes)",
+        cfg.batch_size,
+        batch,
+        available / 2**30,
+        per_image / 2**30,
+    )
+    return dataclasses.replace(config, generate=dataclasses.replace(cfg, batch_size=batch))
 
 
 def resolve_dtype(name: str, device) -> torch.dtype:

