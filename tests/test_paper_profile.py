@@ -43,6 +43,7 @@ TOY_COUNTS = [
     "baselines.jtt.recipe.batch_size=8",
     "baselines.group_dro.recipe.epochs=1",
     "baselines.group_dro.recipe.batch_size=8",
+    "dfr.tune_split=by_group",  # a random half of 2 val images per group misses groups
     "select.sources_per_class=3",
     "invert.num_images=2",
     "invert.steps=2",
