@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ddb import paths
+from ddb.utils import StageError
 
 SCRATCH = Path(".quickstart")
 SUMMARY = "quickstart.md"  # the short results table, in the scratch project
@@ -100,7 +101,12 @@ def quickstart(repo: Path) -> str:
     shutil.rmtree(root, ignore_errors=True)  # a fresh run every time: no stale outputs
     make_project(repo, root)
     start = time.perf_counter()
-    subprocess.run(["dvc", "repro"], cwd=root, env=venv_env(), check=True)
+    run = subprocess.run(["dvc", "repro"], cwd=root, env=venv_env())
+    if run.returncode != 0:
+        raise StageError(
+            f"`dvc repro` in {SCRATCH}/ failed (exit {run.returncode}; its output is above). "
+            f"The scratch project stays there to inspect; `ddb quickstart` rebuilds it."
+        )
     seconds = time.perf_counter() - start
     table = summary_table(json.loads((root / paths.METRICS).read_text()), seconds)
     (root / SUMMARY).write_text(table)
