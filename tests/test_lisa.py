@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from ddb.config import ConfigError, LisaConfig, Recipe
+from ddb.config import ConfigError, LisaConfig, Recipe, profile_config
 from ddb.data.waterbirds import Groups, ImageTable, load_dataset
 from ddb.methods import LABELS, lisa
 from ddb.models.classifier import eval_transform, load_classifier
 from ddb.stages.evaluate import trained_models
 from ddb.training import predict, save_result
-from tests.conftest import load_config_text, tiny_config, tiny_params
+from tests.conftest import REPO, load_config_text, tiny_config, tiny_params
 
 # ---- the reference, transcribed ------------------------------------------------------------
 
@@ -312,3 +312,29 @@ def test_lisa_params_that_do_not_fit_the_data_name_the_key():
     bad_lr = {"lisa": {"recipe": {"lr": -1.0}}}
     with pytest.raises(ConfigError, match="baselines.lisa.recipe.lr"):
         load_config_text(tiny_params(baselines=bad_lr))
+
+
+# LISA's README commands (huaxiuyao/LISA @c857a6b): --lr, --n_epochs, --cut_mix,
+# --group_by_label; all with --batch_size 16, --weight_decay 1e-4, SGD
+@pytest.mark.parametrize(
+    "name, lr, epochs, mixing, group_by",
+    [
+        ("waterbirds", 1e-3, 300, "mixup", "group"),
+        ("celeba", 1e-4, 50, "cutmix", "group"),
+        ("metashift", 1e-3, 300, "cutmix", "label"),
+    ],
+)
+def test_paper_profiles_run_lisas_readme_commands(name, lr, epochs, mixing, group_by):
+    config = profile_config(name, REPO / "conf")
+    assert "lisa" in config.baselines.methods
+    cfg = config.baselines.lisa
+    recipe = cfg.recipe.applied_to(config.classifier)
+    assert (recipe.optimizer, recipe.batch_size, recipe.epochs) == ("sgd", 16, epochs)
+    assert recipe.lr == pytest.approx(lr) and recipe.weight_decay == pytest.approx(1e-4)
+    assert (recipe.momentum, recipe.schedule, recipe.augment) == (0.9, "constant", False)
+    assert (cfg.mixing, cfg.group_by, cfg.mix_alpha, cfg.cutmix_alpha) == (
+        mixing,
+        group_by,
+        2.0,
+        0.2,
+    )
