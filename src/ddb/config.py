@@ -18,7 +18,7 @@ import yaml
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-BASELINES = ("group_balanced", "jtt", "group_dro")  # trained by the baselines stage
+BASELINES = ("group_balanced", "jtt", "group_dro", "lisa")  # trained by the baselines stage
 
 
 class ConfigError(ValueError):
@@ -235,12 +235,36 @@ class GroupDroConfig:
 
 
 @dataclass(frozen=True)
+class LisaConfig:
+    """LISA (Yao et al. 2022): mixup of intra-label or intra-domain pairs (ddb.methods.lisa).
+    recipe.batch_size is per group loader (LISA's --batch_size)."""
+
+    # group: a loader per (class, place) | label: one per class (--group_by_label)
+    group_by: str = "group"
+    mixing: str = "mixup"  # mixup | cutmix (--cut_mix)
+    mix_ratio: float = 0.5  # probability of a step's intra-label pairs (else intra-domain)
+    mix_alpha: float = 2.0  # mixup's Beta(alpha, alpha), one lambda per pair (--mix_alpha)
+    cutmix_alpha: float = 0.2  # CutMix's Beta(alpha, alpha), one lambda per call (--alpha)
+    recipe: Recipe = field(default_factory=lambda: Recipe(batch_size=32, epochs=32))
+
+    def validate(self) -> None:
+        _require_choice("baselines.lisa.group_by", self.group_by, ("group", "label"))
+        _require_choice("baselines.lisa.mixing", self.mixing, ("mixup", "cutmix"))
+        _require(0 <= self.mix_ratio <= 1, "baselines.lisa.mix_ratio", "must be in [0, 1]")
+        _require(self.mix_alpha > 0, "baselines.lisa.mix_alpha", "must be > 0")
+        _require(self.cutmix_alpha > 0, "baselines.lisa.cutmix_alpha", "must be > 0")
+
+
+@dataclass(frozen=True)
 class BaselinesConfig:
     seed: int = 0  # reaches the baselines stage only
-    methods: list[str] = field(default_factory=lambda: ["group_balanced", "jtt", "group_dro"])
+    methods: list[str] = field(
+        default_factory=lambda: ["group_balanced", "jtt", "group_dro", "lisa"]
+    )
     group_balanced: GroupBalancedConfig = field(default_factory=GroupBalancedConfig)
     jtt: JttConfig = field(default_factory=JttConfig)
     group_dro: GroupDroConfig = field(default_factory=GroupDroConfig)
+    lisa: LisaConfig = field(default_factory=LisaConfig)
 
     def validate(self) -> None:
         for method in self.methods:
@@ -251,6 +275,7 @@ class BaselinesConfig:
         self.group_balanced.validate()
         self.jtt.validate()
         self.group_dro.validate()
+        self.lisa.validate()
 
 
 @dataclass(frozen=True)
@@ -639,6 +664,7 @@ class Config:
             "baselines.group_balanced.recipe": self.baselines.group_balanced.recipe,
             "baselines.jtt.recipe": self.baselines.jtt.recipe,
             "baselines.group_dro.recipe": self.baselines.group_dro.recipe,
+            "baselines.lisa.recipe": self.baselines.lisa.recipe,
             "retrain.recipe": self.retrain.recipe,
         }
         for key, recipe in recipes.items():
@@ -648,11 +674,25 @@ class Config:
             "retrain.recipe",
             "sets lr or epochs; write them as retrain.lr and retrain.epochs",
         )
+        if "lisa" in self.baselines.methods:
+            self._validate_lisa()
         n_classes = len(self.data.class_names)
         _require(
             len(self.retrain.gamma) == n_classes,
             "retrain.gamma",
             f"needs one weight per class ({n_classes}), got {self.retrain.gamma}",
+        )
+
+    def _validate_lisa(self) -> None:
+        lisa = self.baselines.lisa
+        batch = lisa.recipe.applied_to(self.classifier).batch_size
+        _require(batch >= 2, "baselines.lisa.recipe.batch_size", "must be >= 2 (pairs within it)")
+        shape = (len(self.data.class_names), len(self.data.place_names))
+        _require(
+            lisa.group_by == "label" or shape == (2, 2),
+            "baselines.lisa.group_by",
+            f"is 'group', which pairs LISA's 4 groups (2 classes x 2 places); data has "
+            f"{shape[0]} classes x {shape[1]} places: set it to label",
         )
 
 
