@@ -52,6 +52,8 @@ TOY_COUNTS = [
     "score.ig_steps=2",
     "score.batch_size=4",
     "retrain.epochs=1",
+    "dac.epochs=1",
+    "dac.batch_size=8",
     "retrain.recipe.batch_size=8",
     "evaluate.bootstrap=100",
 ]
@@ -61,6 +63,7 @@ STAGES = {
     "erm",
     "baselines",
     "dfr",
+    "dac",
     "select",
     "segment",
     "invert",
@@ -118,6 +121,7 @@ def test_every_stage_of_the_profile_runs_and_writes_every_metric(paper_project):
         "jtt",
         "group_dro",
         "dfr",
+        "dac",
         "ddb",
         "ddb_no_prune",
     }

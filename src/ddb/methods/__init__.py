@@ -17,6 +17,7 @@ LABELS: dict[str, tuple[str, str, str]] = {
     "jtt": ("JTT", "no", "yes (model selection)"),
     "group_dro": ("GroupDRO", "yes", "yes (model selection)"),
     "dfr": ("DFR", "no", "yes (trains the last layer)"),
+    "dac": ("DaC", "no", "yes (model selection)"),
 }
 
 
