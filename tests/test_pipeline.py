@@ -32,6 +32,7 @@ def test_repro_writes_every_metric(project):
         "jtt",
         "group_dro",
         "dfr",
+        "dac",
         "ddb_no_prune",
         "ddb",
     ]
