@@ -44,6 +44,8 @@ TOY_COUNTS = [
     "baselines.jtt.recipe.batch_size=8",
     "baselines.group_dro.recipe.epochs=1",
     "baselines.group_dro.recipe.batch_size=8",
+    "baselines.lisa.recipe.epochs=1",
+    "baselines.lisa.recipe.batch_size=2",  # per group loader: 2 of the toy's minority groups
     "dfr.tune_split=by_group",  # a random half of 2 val images per group misses groups
     "select.sources_per_class=3",
     "invert.num_images=2",
@@ -54,6 +56,8 @@ TOY_COUNTS = [
     "score.ig_steps=2",
     "score.batch_size=4",
     "retrain.epochs=1",
+    "dac.epochs=1",
+    "dac.batch_size=8",
     "retrain.recipe.batch_size=8",
     "evaluate.bootstrap=100",
 ]
@@ -107,6 +111,8 @@ def test_every_stage_of_the_profile_runs_and_writes_every_metric(paper_project):
         "jtt",
         "group_dro",
         "dfr",
+        "dac",
+        "lisa",
         "ddb",
         "ddb_no_prune",
     }

@@ -32,6 +32,7 @@ def test_repro_writes_every_metric(project):
         "jtt",
         "group_dro",
         "dfr",
+        "dac",
         "ddb_no_prune",
         "ddb",
     ]
@@ -104,6 +105,7 @@ def test_each_seed_reaches_only_the_stages_that_read_it(project):
         "baselines.seed": {"baselines"},
         "dfr.seed": {"dfr"},
         "retrain.seed": {"retrain", "retrain_no_prune"},
+        "dac.seed": {"dac"},
     }
     assert set(expected) == set(SEED_KEYS)
     for key, stages in expected.items():

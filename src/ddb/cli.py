@@ -25,6 +25,7 @@ STAGE_HELP = {
     "erm": "train the ERM classifier (models/erm)",
     "baselines": "train the baselines listed in baselines.methods (models/baselines)",
     "dfr": "retrain the ERM model's last layer on val (models/dfr)",
+    "dac": "DaC: retrain the ERM model's last layer on masked, composed images (models/dac)",
     "select": "DDB: sources and inversion images from ERM's per-sample losses (models/select)",
     "segment": "DDB: segmenter masks of the causal component (models/segment)",
     "invert": "DDB: textual inversion, one token per class (models/invert)",

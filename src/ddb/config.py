@@ -300,6 +300,35 @@ class DfrConfig:
 
 
 @dataclass(frozen=True)
+class DacConfig:
+    """DaC: the ERM model's last layer retrained on its low-loss images, masked and composed
+    (its own stage, after erm; ddb/methods/dac.py). Defaults: conf/config.yaml."""
+
+    quantile: float = 0.6  # of ERM's per-sample train losses: images at or below it are used
+    alpha: float = 10.0  # weight of the masked and of the composed images' losses
+    optimizer: str = "adam"  # adam | sgd (momentum 0.9), on the last layer only
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 2
+    step_size: int = 0  # StepLR: lr x gamma every step_size epochs; 0: constant
+    gamma: float = 0.5
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(0 < self.quantile <= 1, "dac.quantile", f"must be in (0, 1], got {self.quantile}")
+        _require(self.alpha >= 0, "dac.alpha", f"must be >= 0, got {self.alpha}")
+        _require_choice("dac.optimizer", self.optimizer, ("adam", "sgd"))
+        _require(self.lr > 0, "dac.lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, "dac.weight_decay", "must be >= 0")
+        # BatchNorm runs in training mode on each batch (as DaC's code): one image cannot
+        _require(self.batch_size >= 2, "dac.batch_size", "must be >= 2")
+        _require(self.epochs >= 1, "dac.epochs", "must be >= 1")
+        _require(self.step_size >= 0, "dac.step_size", "must be >= 0 (0: no schedule)")
+        _require(0 < self.gamma <= 1, "dac.gamma", f"must be in (0, 1], got {self.gamma}")
+
+
+@dataclass(frozen=True)
 class SelectConfig:
     """DDB step 2: which train images become sources (and inversion images)."""
 
@@ -636,6 +665,7 @@ class Config:
     erm: ErmConfig = field(default_factory=ErmConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     dfr: DfrConfig = field(default_factory=DfrConfig)
+    dac: DacConfig = field(default_factory=DacConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     invert: InvertConfig = field(default_factory=InvertConfig)

@@ -18,6 +18,7 @@ LABELS: dict[str, tuple[str, str, str]] = {
     "group_dro": ("GroupDRO", "yes", "yes (model selection)"),
     "dfr": ("DFR", "no", "yes (trains the last layer)"),
     "lisa": ("LISA", "yes", "yes (model selection)"),
+    "dac": ("DaC", "no", "yes (model selection)"),
 }
 
 
