@@ -100,6 +100,8 @@ TINY_OVERRIDES = {
     "generate": {"steps": 2, "batch_size": 4, "shard_size": 4},
     "score": {"ig_steps": 2},
     "retrain": {"epochs": 1},
+    "disc": {"n_concept_imgs": 6, "n_clusters": 2},
+    "disc_concepts": {"images": 6, "image_size": 32},
 }
 
 

@@ -28,6 +28,7 @@ from tests.paper_world import (
     paper_world,
     use_world,
 )
+from tests.test_disc import write_bank
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +54,10 @@ TOY_COUNTS = [
     "score.batch_size=4",
     "retrain.epochs=1",
     "retrain.recipe.batch_size=8",
+    "disc.recipe.epochs=1",
+    "disc.recipe.batch_size=8",
+    "disc.n_concept_imgs=5",
+    "disc.concept_categories=color",  # the stand-in bank holds DISC's colour category only
     "evaluate.bootstrap=100",
 ]
 PER_GROUP = {0: (10, 2, 2), 1: (2, 2, 2), 2: (2, 2, 2), 3: (10, 2, 2)}  # train, val, test
@@ -61,6 +66,7 @@ STAGES = {
     "erm",
     "baselines",
     "dfr",
+    "disc",
     "select",
     "segment",
     "invert",
@@ -92,6 +98,7 @@ def paper_project(world, tmp_path_factory) -> tuple[Path, str]:
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")  # the frozen stages' dep
     shutil.copytree(world[DATA_ROOT_KEY], root / "data" / WATERBIRDS_DIR)
+    write_bank(root / "data/synthetic_concepts")  # DISC's bank, where the profile reads it
     run_in(root, "git", "init", "-q")
     run_in(root, "dvc", "init", "-q")
     run_in(root, "dvc", "config", "hydra.enabled", "true")
@@ -118,6 +125,7 @@ def test_every_stage_of_the_profile_runs_and_writes_every_metric(paper_project):
         "jtt",
         "group_dro",
         "dfr",
+        "disc",
         "ddb",
         "ddb_no_prune",
     }

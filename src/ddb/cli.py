@@ -21,6 +21,8 @@ STAGES = {
     "erm": "train the ERM classifier (models/erm)",
     "baselines": "train the baselines listed in baselines.methods (models/baselines)",
     "dfr": "retrain the ERM model's last layer on val (models/dfr)",
+    "disc_concepts": "build the embedded default's DISC concept bank (data/disc_concepts)",
+    "disc": "DISC: train against the concepts ERM is sensitive to (models/disc)",
     "select": "DDB: sources and inversion images from ERM's per-sample losses (models/select)",
     "segment": "DDB: segmenter masks of the causal component (models/segment)",
     "invert": "DDB: textual inversion, one token per class (models/invert)",

@@ -24,6 +24,8 @@ COMMITTED_OUTPUTS = (FOUNDATION, BACKBONE, BACKBONE_REPORT, JUDGE)
 ERM = MODELS / "erm"
 BASELINES = MODELS / "baselines"
 DFR = MODELS / "dfr"
+DISC = MODELS / "disc"
+DISC_CONCEPTS = Path("data/disc_concepts")  # the embedded default's DISC concept bank
 SELECT = MODELS / "select"
 SEGMENT = MODELS / "segment"
 INVERT = MODELS / "invert"
@@ -41,5 +43,5 @@ DISCUSSION = REPORTS / "discussion.md"  # written by hand; report includes it in
 
 def model_dir(method: str) -> Path:
     """Where a method's trained classifier (model.pt, history.csv) lives."""
-    named = {"erm": ERM, "dfr": DFR, "ddb": DDB, "ddb_no_prune": DDB_NO_PRUNE}
+    named = {"erm": ERM, "dfr": DFR, "disc": DISC, "ddb": DDB, "ddb_no_prune": DDB_NO_PRUNE}
     return named.get(method, BASELINES / method)
