@@ -283,13 +283,14 @@ class DiscConfig:
     # categories of concepts); the embedded default's is built by the disc_concepts stage
     concept_bank: str = "data/disc_concepts"
     concept_categories: str = "everything"  # "everything" | metadata.json keys joined by "-"
-    n_concept_imgs: int = 200  # per concept, at most; the first 80% fit its CAV
+    n_concept_imgs: int = 50  # per concept, at most; the first 80% fit its CAV (theirs: 200)
     c_svm: float = 0.1  # C of each concept's linear SVM
     n_clusters: int = 3  # environments: GMM clusters per class
     reducer: str = "pca"  # to 2-D before the GMM: pca | umap (theirs; needs umap-learn)
     mix_alpha: float = 2.0  # lambda ~ Beta(mix_alpha, mix_alpha), per image
     reweight_groups: bool = False  # group-balanced batches from train groups (their Waterbirds)
-    recipe: Recipe = field(default_factory=Recipe)
+    # 1 epoch: a DISC epoch costs about 2 ERM epochs (docs/methods/disc.md)
+    recipe: Recipe = field(default_factory=lambda: Recipe(epochs=1))
 
     def validate(self) -> None:
         _require(self.concept_bank.strip() != "", "disc.concept_bank", "must name a folder")
