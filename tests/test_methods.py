@@ -28,7 +28,7 @@ class Constant(torch.nn.Module):
 
 
 def test_registry_names_the_labels_each_method_uses():
-    assert set(LABELS) == {"group_balanced", "jtt", "group_dro", "dfr", "lisa", "dac"}
+    assert set(LABELS) == {"group_balanced", "jtt", "group_dro", "dfr", "lisa", "dac", "disc"}
     train_groups = {name: label[1] for name, label in LABELS.items()}
     assert train_groups == {
         "group_balanced": "yes",
@@ -37,6 +37,7 @@ def test_registry_names_the_labels_each_method_uses():
         "dfr": "no",
         "lisa": "yes",
         "dac": "no",
+        "disc": "no (yes with reweight_groups)",
     }
     assert all(callable(method(name).train) for name in LABELS)
     with pytest.raises(KeyError, match="known: group_balanced"):

@@ -29,6 +29,7 @@ from tests.paper_world import (
     paper_world,
     use_world,
 )
+from tests.test_disc import write_bank
 
 pytestmark = pytest.mark.slow
 
@@ -59,12 +60,17 @@ TOY_COUNTS = [
     "dac.epochs=1",
     "dac.batch_size=8",
     "retrain.recipe.batch_size=8",
+    "disc.recipe.epochs=1",
+    "disc.recipe.batch_size=8",
+    "disc.n_concept_imgs=5",
+    "disc.concept_categories=color",  # the stand-in bank holds DISC's colour category only
     "evaluate.bootstrap=100",
 ]
 PER_GROUP = {0: (10, 2, 2), 1: (2, 2, 2), 2: (2, 2, 2), 3: (10, 2, 2)}  # train, val, test
 # what `dvc repro report` runs on real data: every pipeline stage of dvc.yaml but prepare
-# (the embedded benchmark, not data.root's source) and foundation_report (not upstream of report)
-STAGES = set(pipeline_stages()) - {"prepare", "foundation_report"}
+# (the embedded benchmark, not data.root's source) and foundation_report and disc_concepts
+# (neither upstream of report: the profile reads DISC's bank from disc.concept_bank)
+STAGES = set(pipeline_stages()) - {"prepare", "foundation_report", "disc_concepts"}
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +91,7 @@ def paper_project(world, tmp_path_factory) -> tuple[Path, str]:
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")  # the frozen stages' dep
     shutil.copytree(world[DATA_ROOT_KEY], root / "data" / WATERBIRDS_DIR)
+    write_bank(root / "data/synthetic_concepts")  # DISC's bank, where the profile reads it
     run_in(root, "git", "init", "-q")
     run_in(root, "dvc", "init", "-q")
     run_in(root, "dvc", "config", "hydra.enabled", "true")
@@ -113,6 +120,7 @@ def test_every_stage_of_the_profile_runs_and_writes_every_metric(paper_project):
         "dfr",
         "dac",
         "lisa",
+        "disc",
         "ddb",
         "ddb_no_prune",
     }

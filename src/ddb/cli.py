@@ -26,6 +26,8 @@ STAGE_HELP = {
     "baselines": "train the baselines listed in baselines.methods (models/baselines)",
     "dfr": "retrain the ERM model's last layer on val (models/dfr)",
     "dac": "DaC: retrain the ERM model's last layer on masked, composed images (models/dac)",
+    "disc_concepts": "build the embedded default's DISC concept bank (data/disc_concepts)",
+    "disc": "DISC: train against the concepts ERM is sensitive to (models/disc)",
     "select": "DDB: sources and inversion images from ERM's per-sample losses (models/select)",
     "segment": "DDB: segmenter masks of the causal component (models/segment)",
     "invert": "DDB: textual inversion, one token per class (models/invert)",

@@ -329,6 +329,53 @@ class DacConfig:
 
 
 @dataclass(frozen=True)
+class DiscConfig:
+    """DISC, Discover and Cure (Wu et al. 2023): its own stage after erm (ddb/methods/disc.py)."""
+
+    seed: int = 0  # reaches the disc stage only
+    # the concept bank, in DISC's layout: <concept>/positives/*.png (+ metadata.json naming
+    # categories of concepts); the embedded default's is built by the disc_concepts stage
+    concept_bank: str = "data/disc_concepts"
+    concept_categories: str = "everything"  # "everything" | metadata.json keys joined by "-"
+    n_concept_imgs: int = 50  # per concept, at most; the first 80% fit its CAV (theirs: 200)
+    c_svm: float = 0.1  # C of each concept's linear SVM
+    n_clusters: int = 3  # environments: GMM clusters per class
+    reducer: str = "pca"  # to 2-D before the GMM: pca | umap (theirs; needs umap-learn)
+    mix_alpha: float = 2.0  # lambda ~ Beta(mix_alpha, mix_alpha), per image
+    reweight_groups: bool = False  # group-balanced batches from train groups (their Waterbirds)
+    # 1 epoch: a DISC epoch costs about 2 ERM epochs (docs/methods/disc.md)
+    recipe: Recipe = field(default_factory=lambda: Recipe(epochs=1))
+
+    def validate(self) -> None:
+        _require(self.concept_bank.strip() != "", "disc.concept_bank", "must name a folder")
+        _require(
+            self.concept_categories.strip() != "",
+            "disc.concept_categories",
+            "must be everything or metadata.json categories joined by '-'",
+        )
+        _require(self.n_concept_imgs >= 5, "disc.n_concept_imgs", "must be >= 5 (80% fit)")
+        _require(self.c_svm > 0, "disc.c_svm", f"must be > 0, got {self.c_svm}")
+        # the sensitivity is a standard deviation over environments: one gives none
+        _require(self.n_clusters >= 2, "disc.n_clusters", "must be >= 2")
+        _require_choice("disc.reducer", self.reducer, ("pca", "umap"))
+        _require(self.mix_alpha > 0, "disc.mix_alpha", "must be > 0")
+
+
+@dataclass(frozen=True)
+class DiscConceptsConfig:
+    """The embedded default's concept bank (the disc_concepts stage): crops of the
+    benchmark's scene photographs and plain colours, in DISC's folder layout."""
+
+    images: int = 50  # per concept
+    image_size: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(self.images >= 5, "disc_concepts.images", "must be >= 5")
+        _require(self.image_size >= 16, "disc_concepts.image_size", "must be >= 16")
+
+
+@dataclass(frozen=True)
 class SelectConfig:
     """DDB step 2: which train images become sources (and inversion images)."""
 
@@ -666,6 +713,8 @@ class Config:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     dfr: DfrConfig = field(default_factory=DfrConfig)
     dac: DacConfig = field(default_factory=DacConfig)
+    disc: DiscConfig = field(default_factory=DiscConfig)
+    disc_concepts: DiscConceptsConfig = field(default_factory=DiscConceptsConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     invert: InvertConfig = field(default_factory=InvertConfig)
@@ -696,6 +745,7 @@ class Config:
             "baselines.group_dro.recipe": self.baselines.group_dro.recipe,
             "baselines.lisa.recipe": self.baselines.lisa.recipe,
             "retrain.recipe": self.retrain.recipe,
+            "disc.recipe": self.disc.recipe,
         }
         for key, recipe in recipes.items():
             _validate_recipe(key, recipe, self.classifier)
