@@ -87,6 +87,6 @@ def test_the_command_describes_the_composed_profile():
     assert "chosen on val WGA" in lines[lines.index("prune.threshold: 0.6") + 1]
     # the tiny profile's value, and every stage that trains a classifier
     epochs = lines.index("classifier.epochs: 2")
-    assert lines[epochs + 2] == "    stages: erm, baselines, retrain, retrain_no_prune"
+    assert lines[epochs + 2] == "    stages: erm, baselines, disc, retrain, retrain_no_prune"
     bad = ddb("params", "--describe", "prune.treshold")
     assert bad.returncode == 2 and "prune.treshold" in bad.stderr
