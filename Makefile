@@ -37,6 +37,12 @@ test: setup lint
 test-fast: setup
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 
+# The whole method on the tiny profile (conf/debug/tiny.yaml) in a scratch project
+# .quickstart/ (the workspace's outputs untouched): its table is .quickstart/quickstart.md.
+.PHONY: quickstart
+quickstart: setup
+	$(BIN)/ddb quickstart
+
 bench: setup
 	$(BIN)/python benchmarks/time_pipeline.py
 

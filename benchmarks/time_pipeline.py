@@ -25,27 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from ddb.dvcfile import pipeline_stages
 from ddb.paths import COMMITTED_OUTPUTS
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = [  # an order that respects dvc.yaml's dependencies
-    "prepare",
-    "index",
-    "erm",
-    "baselines",
-    "dfr",
-    "select",
-    "segment",
-    "invert",
-    "generate",
-    "score",
-    "prune",
-    "retrain",
-    "retrain_no_prune",
-    "evaluate",
-    "report",
-    "foundation_report",
-]
+STAGES = pipeline_stages()  # dvc.yaml's order, each stage after those it depends on
 PRUNE_EXPERIMENT = ["dvc", "exp", "run", "-S", "prune.threshold=0.8"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import subprocess
@@ -16,8 +17,10 @@ import yaml
 from PIL import Image
 
 from ddb import paths
-from ddb.config import Config, compose_params, load_config, params_text
+from ddb.config import Config, compose_params, load_config
 from ddb.data.embedded import source_paths
+from ddb.params_log import ENV
+from ddb.quickstart import make_project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,33 +83,23 @@ def waterbirds_folder(tmp_path: Path) -> Path:
     return write_waterbirds_folder(tmp_path / "waterbirds", counts)
 
 
-# The tiny profile: the repo's params.yaml with these overrides (DVC needs every key a
-# stage declares to be present, so the profile starts from the full file).
-TINY_OVERRIDES = {
-    "data": {"image_size": 32},
-    "prepare": {"image_size": 32, "train_per_class": 20, "val_per_group": 3, "test_per_group": 4},
-    # the committed backbone by absolute path, so a test in any folder can fine-tune from it
-    "classifier": {
-        "batch_size": 8,
-        "epochs": 2,
-        "device": "cpu",
-        "weights": str(REPO / "models/backbone/resnet18.pth"),
-    },
-    "backbone": {"corpus_size": 64, "heldout_size": 32, "batch_size": 8, "steps": 3},
-    "evaluate": {"bootstrap": 200},
-    "foundation_eval": {"images": 4, "steps": 2},
-    "select": {"sources_per_class": 4},
-    "invert": {"num_images": 2, "steps": 2, "batch_size": 2, "device": "cpu"},
-    "generate": {"steps": 2, "batch_size": 4, "shard_size": 4},
-    "score": {"ig_steps": 2},
-    "retrain": {"epochs": 1},
-}
+# The tiny profile is conf/debug/tiny.yaml, composed as `ddb params debug=tiny` does (and
+# as `make quickstart` runs it), so the tests and users run the same thing.
+TINY_PROFILE = ["debug=tiny"]
+
+
+@functools.cache
+def tiny_profile_text() -> str:
+    """The composed tiny profile (composed once: Hydra takes a moment per call)."""
+    return yaml.safe_dump(compose_params(REPO / "conf", TINY_PROFILE), sort_keys=False)
 
 
 def tiny_params(root: Path | str = "data/prepared", **overrides) -> str:
     """params.yaml text of the tiny profile; `overrides` are {section: {key: value}}."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in [*TINY_OVERRIDES.items(), *overrides.items()]:
+    params = yaml.safe_load(tiny_profile_text())
+    # the committed backbone by absolute path, so a test in any folder can fine-tune from it
+    params["classifier"]["weights"] = str(REPO / "models/backbone/resnet18.pth")
+    for section, values in overrides.items():
         params[section].update(values)
     params["data"]["root"] = str(root)
     return yaml.safe_dump(params, sort_keys=False)
@@ -195,7 +188,8 @@ def tiny_project(tmp_path_factory) -> Path:
 
 def build_tiny_project(root: Path) -> Path:
     make_tiny_project(root)
-    run_in(root, "dvc", "repro")
+    shutil.rmtree(params_log(root), ignore_errors=True)  # a worker that failed half-way
+    run_in(root, "dvc", "repro", env={ENV: str(params_log(root))})
     commit_all(root)
     return root
 
@@ -209,29 +203,12 @@ def copy_committed_outputs(root: Path) -> None:
 
 
 def make_tiny_project(root: Path) -> Path:
-    """A git + DVC project of the tiny profile in `root`, before any `dvc repro`."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".dvcignore", "src"):
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
-    copy_committed_outputs(root)
-    (root / "data").mkdir()
-    shutil.copy(REPO / "data/sources.json", root / "data/sources.json")
-    shutil.copy(REPO / "reports/discussion.md", root / "reports/discussion.md")
-    write_tiny_conf(root / "conf")
-    (root / "params.yaml").write_text(params_text(compose_params(root / "conf")))
-    run_in(root, "git", "init", "-q")
-    run_in(root, "dvc", "init", "-q")
-    run_in(root, "dvc", "config", "core.analytics", "false")
-    run_in(root, "dvc", "config", "hydra.enabled", "true")  # as the repo: -S composes conf/
-    return root
+    """A git + DVC project of the tiny profile in `root`, before any `dvc repro`: the one
+    `make quickstart` runs (ddb.quickstart.make_project)."""
+    return make_project(REPO, root, debug="tiny")
 
 
-def write_tiny_conf(conf: Path) -> None:
-    """The repo's conf/ with the tiny profile's values in its config.yaml, so that DVC's
-    Hydra composition (`dvc exp run -S ...`) keeps them, as it keeps the repo's."""
-    shutil.copytree(REPO / "conf", conf)
-    values = yaml.safe_load((REPO / "conf/config.yaml").read_text())
-    for section, overrides in TINY_OVERRIDES.items():
-        values[section].update(overrides)
-    (conf / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+def params_log(project: Path) -> Path:
+    """Where the tiny project's build records the params keys each stage read (beside the
+    project, not in it: tests/test_stage_params.py reads them)."""
+    return project.with_name(f"{project.name}.params_read")

@@ -28,9 +28,17 @@ class Constant(torch.nn.Module):
 
 
 def test_registry_names_the_labels_each_method_uses():
-    assert set(LABELS) == {"group_balanced", "jtt", "group_dro", "dfr"}
+    assert set(LABELS) == {"group_balanced", "jtt", "group_dro", "dfr", "lisa", "dac", "disc"}
     train_groups = {name: label[1] for name, label in LABELS.items()}
-    assert train_groups == {"group_balanced": "yes", "jtt": "no", "group_dro": "yes", "dfr": "no"}
+    assert train_groups == {
+        "group_balanced": "yes",
+        "jtt": "no",
+        "group_dro": "yes",
+        "dfr": "no",
+        "lisa": "yes",
+        "dac": "no",
+        "disc": "no (yes with reweight_groups)",
+    }
     assert all(callable(method(name).train) for name in LABELS)
     with pytest.raises(KeyError, match="known: group_balanced"):
         method("jtt2")

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ddb import experiments
 from ddb.config import profile_config
+from ddb.dvcfile import pipeline_stages
 from tests.conftest import REPO, commit_all, copy_committed_outputs, run_in
 from tests.paper_world import (
     DATA_ROOT_KEY,
@@ -28,6 +29,7 @@ from tests.paper_world import (
     paper_world,
     use_world,
 )
+from tests.test_disc import write_bank
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +45,8 @@ TOY_COUNTS = [
     "baselines.jtt.recipe.batch_size=8",
     "baselines.group_dro.recipe.epochs=1",
     "baselines.group_dro.recipe.batch_size=8",
+    "baselines.lisa.recipe.epochs=1",
+    "baselines.lisa.recipe.batch_size=2",  # per group loader: 2 of the toy's minority groups
     "dfr.tune_split=by_group",  # a random half of 2 val images per group misses groups
     "select.sources_per_class=3",
     "invert.num_images=2",
@@ -53,26 +57,20 @@ TOY_COUNTS = [
     "score.ig_steps=2",
     "score.batch_size=4",
     "retrain.epochs=1",
+    "dac.epochs=1",
+    "dac.batch_size=8",
     "retrain.recipe.batch_size=8",
+    "disc.recipe.epochs=1",
+    "disc.recipe.batch_size=8",
+    "disc.n_concept_imgs=5",
+    "disc.concept_categories=color",  # the stand-in bank holds DISC's colour category only
     "evaluate.bootstrap=100",
 ]
 PER_GROUP = {0: (10, 2, 2), 1: (2, 2, 2), 2: (2, 2, 2), 3: (10, 2, 2)}  # train, val, test
-STAGES = {
-    "index",
-    "erm",
-    "baselines",
-    "dfr",
-    "select",
-    "segment",
-    "invert",
-    "generate",
-    "score",
-    "prune",
-    "retrain",
-    "retrain_no_prune",
-    "evaluate",
-    "report",
-}
+# what `dvc repro report` runs on real data: every pipeline stage of dvc.yaml but prepare
+# (the embedded benchmark, not data.root's source) and foundation_report and disc_concepts
+# (neither upstream of report: the profile reads DISC's bank from disc.concept_bank)
+STAGES = set(pipeline_stages()) - {"prepare", "foundation_report", "disc_concepts"}
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +91,7 @@ def paper_project(world, tmp_path_factory) -> tuple[Path, str]:
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")  # the frozen stages' dep
     shutil.copytree(world[DATA_ROOT_KEY], root / "data" / WATERBIRDS_DIR)
+    write_bank(root / "data/synthetic_concepts")  # DISC's bank, where the profile reads it
     run_in(root, "git", "init", "-q")
     run_in(root, "dvc", "init", "-q")
     run_in(root, "dvc", "config", "hydra.enabled", "true")
@@ -119,6 +118,9 @@ def test_every_stage_of_the_profile_runs_and_writes_every_metric(paper_project):
         "jtt",
         "group_dro",
         "dfr",
+        "dac",
+        "lisa",
+        "disc",
         "ddb",
         "ddb_no_prune",
     }

@@ -32,6 +32,8 @@ def test_repro_writes_every_metric(project):
         "jtt",
         "group_dro",
         "dfr",
+        "dac",
+        "disc",
         "ddb_no_prune",
         "ddb",
     ]
@@ -53,6 +55,7 @@ def test_repro_writes_every_metric(project):
         "JTT",
         "GroupDRO",
         "DFR",
+        "DISC",
         "DDB without pruning",
         "DDB",
     ):
@@ -103,7 +106,9 @@ def test_each_seed_reaches_only_the_stages_that_read_it(project):
         "erm.seed": {"erm"},
         "baselines.seed": {"baselines"},
         "dfr.seed": {"dfr"},
+        "disc.seed": {"disc"},
         "retrain.seed": {"retrain", "retrain_no_prune"},
+        "dac.seed": {"dac"},
     }
     assert set(expected) == set(SEED_KEYS)
     for key, stages in expected.items():
@@ -159,6 +164,6 @@ def test_ablations_and_paper_table_run_through_the_dvc_queue(project):
     # Seed 0 is the baseline's own run (restored from the run cache); seed 1 re-trains
     # every classifier and what follows ERM, never the benchmark or the foundation report.
     ran = _stages_run(_queue_log(project, "embedded-seed1"))
-    assert {"erm", "baselines", "dfr", "select", "retrain", "evaluate", "report"} <= ran
+    assert {"erm", "baselines", "dfr", "disc", "select", "retrain", "evaluate", "report"} <= ran
     assert not ran & {"prepare", "foundation_report"}
     assert (project / "reports/figures/paper_table.png").stat().st_size > 1000

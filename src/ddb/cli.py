@@ -7,11 +7,15 @@ import importlib
 import json
 import logging
 import sys
+from pathlib import Path
+
+from ddb.dvcfile import read_stages
 
 # stage -> (module in ddb.stages, function) where it is not (the stage's name, run)
 ENTRY_POINTS = {"retrain_no_prune": ("retrain", "run_no_prune")}
 
-STAGES = {
+# What `ddb --help` says of each stage; the stages themselves are dvc.yaml's (ddb.dvcfile).
+STAGE_HELP = {
     "prepare": "build the embedded benchmark into data/prepared",
     "index": "read data.root's table once, hash every image (models/index)",
     "foundation": "train the small offline inpainting diffusion (models/foundation/inpaint)",
@@ -21,6 +25,9 @@ STAGES = {
     "erm": "train the ERM classifier (models/erm)",
     "baselines": "train the baselines listed in baselines.methods (models/baselines)",
     "dfr": "retrain the ERM model's last layer on val (models/dfr)",
+    "dac": "DaC: retrain the ERM model's last layer on masked, composed images (models/dac)",
+    "disc_concepts": "build the embedded default's DISC concept bank (data/disc_concepts)",
+    "disc": "DISC: train against the concepts ERM is sensitive to (models/disc)",
     "select": "DDB: sources and inversion images from ERM's per-sample losses (models/select)",
     "segment": "DDB: segmenter masks of the causal component (models/segment)",
     "invert": "DDB: textual inversion, one token per class (models/invert)",
@@ -42,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for name, help_text in STAGES.items():
-        commands.add_parser(name, help=help_text)
+    for name in read_stages():
+        commands.add_parser(name, help=STAGE_HELP.get(name, f"the {name} stage of dvc.yaml"))
     commands.add_parser(
         "sources", help="record the benchmark's source photographs (data/sources.json)"
     )
@@ -55,7 +62,21 @@ def main(argv: list[str] | None = None) -> int:
         "--check", action="store_true", help="only say whether params.yaml is conf/'s composition"
     )
     params_command.add_argument(
-        "overrides", nargs="*", help="Hydra overrides, e.g. dataset=celeba prune.threshold=0.3"
+        "--describe",
+        action="store_true",
+        help="print each key (or only the KEYs given) with its composed value, its comment in "
+        "conf/config.yaml and the dvc.yaml stages that list it; writes nothing",
+    )
+    params_command.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides, e.g. dataset=celeba prune.threshold=0.3; with --describe also "
+        "keys or sections to describe, e.g. prune data.celeba",
+    )
+    commands.add_parser(
+        "quickstart",
+        help="run the whole method on the tiny profile (conf/debug/tiny.yaml) in .quickstart/ "
+        "and print its short results table",
     )
     for name, help_text in (
         ("paper-table", "run every method x dataset x seed as DVC experiments; write the table"),
@@ -91,8 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sources":
             return record_sources()
+        if args.command == "params" and args.describe:
+            return describe_params(args.overrides)
         if args.command == "params":
             return write_params(args.params, args.overrides, args.check)
+        if args.command == "quickstart":
+            from ddb.quickstart import quickstart
+
+            print(quickstart(Path.cwd()))
+            return 0
         config = load_config(args.params)
         if args.command == "check":
             from ddb.data.waterbirds import load_dataset
@@ -110,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(ablations(config, args.collect_only, args.only, args.queue_only))
             return 0
+        from ddb.params_log import recording
+
         module, function = ENTRY_POINTS.get(args.command, (args.command, "run"))
-        getattr(importlib.import_module(f"ddb.stages.{module}"), function)(config)
+        stage = getattr(importlib.import_module(f"ddb.stages.{module}"), function)
+        stage(recording(config, args.command))  # as is unless DDB_PARAMS_LOG is set (tests)
     except (ConfigError, DataError, SourcesError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -141,6 +172,25 @@ def write_params(path: str, overrides: list[str], check: bool) -> int:
         return 0
     write_text(path, params_text(params))
     print(f"wrote {path} from conf/ ({' '.join(overrides) or 'defaults'})")
+    return 0
+
+
+def describe_params(arguments: list[str]) -> int:
+    """`ddb params --describe [KEY ...] [override ...]`: the composed params, explained."""
+    from ddb.config import ConfigError, compose_params
+    from ddb.describe import describe, key_comments
+
+    overrides = [a for a in arguments if "=" in a]
+    selected = [a for a in arguments if "=" not in a]
+    params = compose_params("conf", overrides)
+    comments = key_comments(Path("conf/config.yaml").read_text())
+    text = describe(params, comments, read_stages(), selected)
+    if not text:
+        raise ConfigError(
+            f"ddb params --describe: no params key {' or '.join(selected)} in conf/ "
+            "(`ddb params --describe` lists them all)"
+        )
+    print(text)
     return 0
 
 

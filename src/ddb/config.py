@@ -18,7 +18,7 @@ import yaml
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-BASELINES = ("group_balanced", "jtt", "group_dro")  # trained by the baselines stage
+BASELINES = ("group_balanced", "jtt", "group_dro", "lisa")  # trained by the baselines stage
 
 
 class ConfigError(ValueError):
@@ -235,12 +235,36 @@ class GroupDroConfig:
 
 
 @dataclass(frozen=True)
+class LisaConfig:
+    """LISA (Yao et al. 2022): mixup of intra-label or intra-domain pairs (ddb.methods.lisa).
+    recipe.batch_size is per group loader (LISA's --batch_size)."""
+
+    # group: a loader per (class, place) | label: one per class (--group_by_label)
+    group_by: str = "group"
+    mixing: str = "mixup"  # mixup | cutmix (--cut_mix)
+    mix_ratio: float = 0.5  # probability of a step's intra-label pairs (else intra-domain)
+    mix_alpha: float = 2.0  # mixup's Beta(alpha, alpha), one lambda per pair (--mix_alpha)
+    cutmix_alpha: float = 0.2  # CutMix's Beta(alpha, alpha), one lambda per call (--alpha)
+    recipe: Recipe = field(default_factory=lambda: Recipe(batch_size=32, epochs=32))
+
+    def validate(self) -> None:
+        _require_choice("baselines.lisa.group_by", self.group_by, ("group", "label"))
+        _require_choice("baselines.lisa.mixing", self.mixing, ("mixup", "cutmix"))
+        _require(0 <= self.mix_ratio <= 1, "baselines.lisa.mix_ratio", "must be in [0, 1]")
+        _require(self.mix_alpha > 0, "baselines.lisa.mix_alpha", "must be > 0")
+        _require(self.cutmix_alpha > 0, "baselines.lisa.cutmix_alpha", "must be > 0")
+
+
+@dataclass(frozen=True)
 class BaselinesConfig:
     seed: int = 0  # reaches the baselines stage only
-    methods: list[str] = field(default_factory=lambda: ["group_balanced", "jtt", "group_dro"])
+    methods: list[str] = field(
+        default_factory=lambda: ["group_balanced", "jtt", "group_dro", "lisa"]
+    )
     group_balanced: GroupBalancedConfig = field(default_factory=GroupBalancedConfig)
     jtt: JttConfig = field(default_factory=JttConfig)
     group_dro: GroupDroConfig = field(default_factory=GroupDroConfig)
+    lisa: LisaConfig = field(default_factory=LisaConfig)
 
     def validate(self) -> None:
         for method in self.methods:
@@ -251,6 +275,7 @@ class BaselinesConfig:
         self.group_balanced.validate()
         self.jtt.validate()
         self.group_dro.validate()
+        self.lisa.validate()
 
 
 @dataclass(frozen=True)
@@ -272,6 +297,82 @@ class DfrConfig:
         )
         _require(self.num_retrains >= 1, "dfr.num_retrains", "must be >= 1")
         _require_choice("dfr.tune_split", self.tune_split, ("random", "by_group"))
+
+
+@dataclass(frozen=True)
+class DacConfig:
+    """DaC: the ERM model's last layer retrained on its low-loss images, masked and composed
+    (its own stage, after erm; ddb/methods/dac.py). Defaults: conf/config.yaml."""
+
+    quantile: float = 0.6  # of ERM's per-sample train losses: images at or below it are used
+    alpha: float = 10.0  # weight of the masked and of the composed images' losses
+    optimizer: str = "adam"  # adam | sgd (momentum 0.9), on the last layer only
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 2
+    step_size: int = 0  # StepLR: lr x gamma every step_size epochs; 0: constant
+    gamma: float = 0.5
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(0 < self.quantile <= 1, "dac.quantile", f"must be in (0, 1], got {self.quantile}")
+        _require(self.alpha >= 0, "dac.alpha", f"must be >= 0, got {self.alpha}")
+        _require_choice("dac.optimizer", self.optimizer, ("adam", "sgd"))
+        _require(self.lr > 0, "dac.lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, "dac.weight_decay", "must be >= 0")
+        # BatchNorm runs in training mode on each batch (as DaC's code): one image cannot
+        _require(self.batch_size >= 2, "dac.batch_size", "must be >= 2")
+        _require(self.epochs >= 1, "dac.epochs", "must be >= 1")
+        _require(self.step_size >= 0, "dac.step_size", "must be >= 0 (0: no schedule)")
+        _require(0 < self.gamma <= 1, "dac.gamma", f"must be in (0, 1], got {self.gamma}")
+
+
+@dataclass(frozen=True)
+class DiscConfig:
+    """DISC, Discover and Cure (Wu et al. 2023): its own stage after erm (ddb/methods/disc.py)."""
+
+    seed: int = 0  # reaches the disc stage only
+    # the concept bank, in DISC's layout: <concept>/positives/*.png (+ metadata.json naming
+    # categories of concepts); the embedded default's is built by the disc_concepts stage
+    concept_bank: str = "data/disc_concepts"
+    concept_categories: str = "everything"  # "everything" | metadata.json keys joined by "-"
+    n_concept_imgs: int = 50  # per concept, at most; the first 80% fit its CAV (theirs: 200)
+    c_svm: float = 0.1  # C of each concept's linear SVM
+    n_clusters: int = 3  # environments: GMM clusters per class
+    reducer: str = "pca"  # to 2-D before the GMM: pca | umap (theirs; needs umap-learn)
+    mix_alpha: float = 2.0  # lambda ~ Beta(mix_alpha, mix_alpha), per image
+    reweight_groups: bool = False  # group-balanced batches from train groups (their Waterbirds)
+    # 1 epoch: a DISC epoch costs about 2 ERM epochs (docs/methods/disc.md)
+    recipe: Recipe = field(default_factory=lambda: Recipe(epochs=1))
+
+    def validate(self) -> None:
+        _require(self.concept_bank.strip() != "", "disc.concept_bank", "must name a folder")
+        _require(
+            self.concept_categories.strip() != "",
+            "disc.concept_categories",
+            "must be everything or metadata.json categories joined by '-'",
+        )
+        _require(self.n_concept_imgs >= 5, "disc.n_concept_imgs", "must be >= 5 (80% fit)")
+        _require(self.c_svm > 0, "disc.c_svm", f"must be > 0, got {self.c_svm}")
+        # the sensitivity is a standard deviation over environments: one gives none
+        _require(self.n_clusters >= 2, "disc.n_clusters", "must be >= 2")
+        _require_choice("disc.reducer", self.reducer, ("pca", "umap"))
+        _require(self.mix_alpha > 0, "disc.mix_alpha", "must be > 0")
+
+
+@dataclass(frozen=True)
+class DiscConceptsConfig:
+    """The embedded default's concept bank (the disc_concepts stage): crops of the
+    benchmark's scene photographs and plain colours, in DISC's folder layout."""
+
+    images: int = 50  # per concept
+    image_size: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(self.images >= 5, "disc_concepts.images", "must be >= 5")
+        _require(self.image_size >= 16, "disc_concepts.image_size", "must be >= 16")
 
 
 @dataclass(frozen=True)
@@ -611,6 +712,9 @@ class Config:
     erm: ErmConfig = field(default_factory=ErmConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     dfr: DfrConfig = field(default_factory=DfrConfig)
+    dac: DacConfig = field(default_factory=DacConfig)
+    disc: DiscConfig = field(default_factory=DiscConfig)
+    disc_concepts: DiscConceptsConfig = field(default_factory=DiscConceptsConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     invert: InvertConfig = field(default_factory=InvertConfig)
@@ -639,7 +743,9 @@ class Config:
             "baselines.group_balanced.recipe": self.baselines.group_balanced.recipe,
             "baselines.jtt.recipe": self.baselines.jtt.recipe,
             "baselines.group_dro.recipe": self.baselines.group_dro.recipe,
+            "baselines.lisa.recipe": self.baselines.lisa.recipe,
             "retrain.recipe": self.retrain.recipe,
+            "disc.recipe": self.disc.recipe,
         }
         for key, recipe in recipes.items():
             _validate_recipe(key, recipe, self.classifier)
@@ -648,11 +754,25 @@ class Config:
             "retrain.recipe",
             "sets lr or epochs; write them as retrain.lr and retrain.epochs",
         )
+        if "lisa" in self.baselines.methods:
+            self._validate_lisa()
         n_classes = len(self.data.class_names)
         _require(
             len(self.retrain.gamma) == n_classes,
             "retrain.gamma",
             f"needs one weight per class ({n_classes}), got {self.retrain.gamma}",
+        )
+
+    def _validate_lisa(self) -> None:
+        lisa = self.baselines.lisa
+        batch = lisa.recipe.applied_to(self.classifier).batch_size
+        _require(batch >= 2, "baselines.lisa.recipe.batch_size", "must be >= 2 (pairs within it)")
+        shape = (len(self.data.class_names), len(self.data.place_names))
+        _require(
+            lisa.group_by == "label" or shape == (2, 2),
+            "baselines.lisa.group_by",
+            f"is 'group', which pairs LISA's 4 groups (2 classes x 2 places); data has "
+            f"{shape[0]} classes x {shape[1]} places: set it to label",
         )
 
 

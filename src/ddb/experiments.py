@@ -31,7 +31,7 @@ from ddb.config import Config
 
 log = logging.getLogger(__name__)
 
-SEED_KEYS = ("erm.seed", "baselines.seed", "dfr.seed", "retrain.seed")
+SEED_KEYS = ("erm.seed", "baselines.seed", "dfr.seed", "dac.seed", "disc.seed", "retrain.seed")
 
 # name -> (what it tests, params overrides). "ddb" is the default params, the reference row.
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -14,12 +14,22 @@ import yaml
 
 from ddb.methods import LABELS
 
-# method -> (display name, uses train group labels, uses val group labels)
-METHODS = {
+# the rows in the order of the DDB paper's Table 1, then ours; a method not listed follows them
+PAPER_ORDER = (
+    "erm", "jtt", "dfr", "dac", "lisa", "disc", "group_dro", "group_balanced", "ddb_no_prune", "ddb"
+)  # fmt: skip
+_LABELLED = {
     "erm": ("ERM", "no", "yes (model selection)"),
     **LABELS,
     "ddb_no_prune": ("DDB without pruning", "no", "yes (model selection)"),
     "ddb": ("DDB", "no", "yes (model selection)"),
+}
+# method -> (display name, uses train group labels, uses val group labels), in PAPER_ORDER
+METHODS = {
+    m: _LABELLED[m]
+    for m in sorted(
+        _LABELLED, key=lambda m: PAPER_ORDER.index(m) if m in PAPER_ORDER else len(PAPER_ORDER)
+    )
 }
 
 DATASET_TITLES = {

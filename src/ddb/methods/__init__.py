@@ -17,6 +17,10 @@ LABELS: dict[str, tuple[str, str, str]] = {
     "jtt": ("JTT", "no", "yes (model selection)"),
     "group_dro": ("GroupDRO", "yes", "yes (model selection)"),
     "dfr": ("DFR", "no", "yes (trains the last layer)"),
+    "lisa": ("LISA", "yes", "yes (model selection)"),
+    "dac": ("DaC", "no", "yes (model selection)"),
+    # its own stage; train groups only with disc.reweight_groups (their Waterbirds script)
+    "disc": ("DISC", "no (yes with reweight_groups)", "yes (model selection)"),
 }
 
 

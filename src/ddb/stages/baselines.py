@@ -9,6 +9,7 @@ import logging
 
 from ddb import paths
 from ddb.config import Config, with_recipe
+from ddb.data.waterbirds import split_table
 from ddb.distributed import main_process_output
 from ddb.methods import method
 from ddb.training import load_training_data, save_result
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 def run(config: Config) -> None:
     check_writable(paths.BASELINES)
     root, table, groups = load_training_data(config)
+    if "lisa" in config.baselines.methods:  # a group with no image stops it before training
+        lisa = config.baselines.lisa
+        method("lisa").loader_rows(split_table(table, "train"), lisa.group_by, groups)
     with main_process_output(paths.BASELINES) as out:
         out.mkdir()
         for name in config.baselines.methods:

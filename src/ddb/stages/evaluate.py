@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def trained_models(config: Config) -> dict[str, Path]:
     """Method name -> checkpoint, in the order the report lists them."""
-    methods = ["erm", *config.baselines.methods, "dfr", "ddb_no_prune", "ddb"]
+    methods = ["erm", *config.baselines.methods, "dfr", "dac", "disc", "ddb_no_prune", "ddb"]
     return {method: paths.model_dir(method) / "model.pt" for method in methods}
 
 
@@ -39,7 +39,7 @@ def run(config: Config) -> None:
     if missing:
         raise StageError(
             f"no trained model at {', '.join(missing)}; train them first (`dvc repro`, or "
-            "the stage that writes each: erm, baselines, dfr, retrain, retrain_no_prune)"
+            "the stage that writes each: erm, baselines, dfr, dac, disc, retrain, retrain_no_prune)"
         )
     train_sizes = split_table(table, "train")["group"].value_counts().to_dict()
     cfg = config.evaluate
