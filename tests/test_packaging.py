@@ -16,6 +16,7 @@ DISTRIBUTIONS = {
     "sklearn": "scikit-learn",
     "hydra": "hydra-core",
     "huggingface_hub": "huggingface-hub",
+    "umap": "umap-learn",
 }
 
 
@@ -33,8 +34,11 @@ def imported_top_levels(root: Path) -> set[str]:
 
 
 def declared(pyproject: Path) -> dict[str, str]:
-    """Normalised distribution name -> its requirement string."""
-    requirements = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    """Normalised distribution name -> its requirement string, extras included (an optional
+    import such as DISC's UMAP is declared as an extra)."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    extras = project.get("optional-dependencies", {}).values()
+    requirements = [*project["dependencies"], *(r for extra in extras for r in extra)]
     return {re.split(r"[<>=!~\[; ]", r)[0].lower().replace("_", "-"): r for r in requirements}
 
 
