@@ -141,3 +141,22 @@ def test_a_wrong_yaml_type_for_the_whole_file():
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config_text("- a\n- b\n")
     assert isinstance(default_config(), Config)
+
+
+def test_a_params_file_missing_many_keys_gets_a_short_message():
+    params = default_params()
+    del params["foundation"]  # 20 keys
+    with pytest.raises(ConfigError) as err:
+        load_config_text(yaml.safe_dump(params))
+    lines = str(err.value).splitlines()
+    assert len(lines) == 1  # the section itself is missing: one line
+    assert "'foundation' is missing" in lines[0]
+    params = default_params()
+    sections = ("dac", "invert", "backbone", "generate", "foundation", "disc_concepts", "score")
+    for section in (*sections, "foundation_segmenter"):
+        for key in ("seed", "batch_size"):  # 14 keys in all
+            params[section].pop(key, None)
+    with pytest.raises(ConfigError) as err:
+        load_config_text(yaml.safe_dump(params))
+    lines = str(err.value).splitlines()
+    assert len(lines) == 11 and "more" in lines[-1] and "ddb params" in lines[-1]

@@ -885,8 +885,14 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
     try:
         return TypeAdapter(cls).validate_python(raw)
     except ValidationError as err:
-        lines = dict.fromkeys(_error_line(cls, prefix, e) for e in err.errors())
+        lines = list(dict.fromkeys(_error_line(cls, prefix, e) for e in err.errors()))
+        if len(lines) > MAX_ERROR_LINES:  # e.g. a params.yaml older than conf/
+            more = len(lines) - MAX_ERROR_LINES
+            lines[MAX_ERROR_LINES:] = [f"... and {more} more: run `ddb params` if conf/ changed"]
         raise ConfigError("\n".join(lines)) from None
+
+
+MAX_ERROR_LINES = 10
 
 
 # pydantic's error type -> the type a key must have, and what to write
