@@ -57,3 +57,12 @@ def test_a_stage_process_appends_its_reads_at_exit(tmp_path):
         )
     lines = (tmp_path / "log/prune.txt").read_text().split()
     assert sorted(lines) == ["data.root", "data.root", "prune.threshold", "prune.threshold"]
+
+
+def test_validating_a_replaced_copy_reads_nothing():
+    # building a copy runs every check of the Config (retrain.gamma against data.class_names,
+    # ...): those are not keys the stage reads
+    reads: set[str] = set()
+    config = recorded(default_config(), "", reads)
+    with_recipe(config, recipe(lr=0.5))
+    assert not any(key.startswith(("retrain.", "data.", "baselines.", "prune.")) for key in reads)
