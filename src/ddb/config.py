@@ -239,10 +239,9 @@ class GroupBalancedConfig(Validated):
 class JttConfig(Validated):
     identification_epochs: StrictInt  # T: epochs of the identification ERM model
     # lambda: extra copies of each error in an epoch of N + lambda |E| draws (JTT's
-    # run_expt.py --up_weight); 20 is not chosen again for that epoch: with the benchmark's
-    # ~1% errors it costs 1.15x the old weighted sampling's steps
+    # run_expt.py --up_weight)
     upweight: StrictInt
-    recipe: Recipe  # on val WGA
+    recipe: Recipe
 
     def validate(self) -> None:
         _require(
@@ -368,7 +367,6 @@ class DiscConfig(Validated):
     reducer: StrictStr  # to 2-D before the GMM: pca | umap (theirs; needs umap-learn)
     mix_alpha: StrictFloat  # lambda ~ Beta(mix_alpha, mix_alpha), per image
     reweight_groups: StrictBool  # group-balanced batches from train groups (their Waterbirds)
-    # 1 epoch: a DISC epoch costs about 2 ERM epochs (docs/methods/disc.md)
     recipe: Recipe
 
     def validate(self) -> None:
