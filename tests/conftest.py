@@ -96,14 +96,23 @@ def tiny_profile_text() -> str:
 
 
 def tiny_params(root: Path | str = "data/prepared", **overrides) -> str:
-    """params.yaml text of the tiny profile; `overrides` are {section: {key: value}}."""
+    """params.yaml text of the tiny profile; `overrides` are {section: {key: value}}, where a
+    value that is a mapping changes only the keys it names (params.yaml must hold them all)."""
     params = yaml.safe_load(tiny_profile_text())
     # the committed backbone by absolute path, so a test in any folder can fine-tune from it
     params["classifier"]["weights"] = str(REPO / "models/backbone/resnet18.pth")
-    for section, values in overrides.items():
-        params[section].update(values)
+    merge(params, overrides)
     params["data"]["root"] = str(root)
     return yaml.safe_dump(params, sort_keys=False)
+
+
+def merge(params: dict, changes: dict) -> None:
+    """Write `changes` into `params`, section by section, down to the keys."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            merge(params[key], value)
+        else:
+            params[key] = value
 
 
 def tiny_config(root: Path | str = "data/prepared", **sections) -> Config:

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from ddb.config import Config, ConfigError, Recipe, load_config
-from tests.conftest import REPO, default_config, default_params, load_config_text
+from tests.conftest import REPO, default_config, default_params, load_config_text, merge
 
 
 def test_params_yaml_is_valid_and_matches_conf():
@@ -14,14 +14,9 @@ def test_params_yaml_is_valid_and_matches_conf():
 
 
 def with_changes(text: str) -> str:
-    """conf/'s default params with the sections in `text` merged over them (a section
-    that is not a mapping there, or a new one, replaces or adds it whole)."""
+    """conf/'s default params with the keys in `text` changed (or added)."""
     params = default_params()
-    for section, values in yaml.safe_load(text).items():
-        if isinstance(values, dict) and isinstance(params.get(section), dict):
-            params[section].update(values)
-        else:
-            params[section] = values
+    merge(params, yaml.safe_load(text))
     return yaml.safe_dump(params, sort_keys=False)
 
 
