@@ -32,14 +32,14 @@ import gc
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import diffusers
 import numpy as np
 import torch
 
-from ddb.config import GenerateConfig
+from ddb.config import load_config
 from ddb.models.diffusion import make_pipeline
 from ddb.models.tokenizer import clip_tokenizer
 from ddb.stages.generate import generate_batch, optimize_pipeline
@@ -266,7 +266,8 @@ def ours(settings: Settings, device: torch.device) -> dict:
         pipe.unet.forward(*unet_args)  # eager, before optimize_pipeline compiles it
     unet_flops = counter.get_total_flops()
     optimize_pipeline(pipe, compile=settings.compile)
-    cfg = GenerateConfig(steps=settings.steps, guidance=settings.guidance, batch_size=n)
+    defaults = load_config(REPO / "params.yaml").generate  # the keys not set here
+    cfg = replace(defaults, steps=settings.steps, guidance=settings.guidance, batch_size=n)
     images, masks = make_inputs(n, settings.size)
     prompts = [PROMPT] * n
 

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ddb.config import ClassifierConfig
+from ddb.config import ClassifierConfig, load_config
 from ddb.data.waterbirds import ImageTable
 from ddb.models.classifier import build_classifier, train_transform
 from ddb.training import Speed, make_optimizer, prepare_model, train_epoch, train_loader
@@ -104,7 +104,8 @@ def data_only_ips(dataset, cfg: ClassifierConfig, device) -> float:
 
 def measure(toy: bool, device: torch.device, workers: int, epochs: int, compile: bool) -> dict:
     size = TOY if toy else FULL
-    base = ClassifierConfig(
+    base = dataclasses.replace(
+        load_config(REPO / "params.yaml").classifier,  # the keys not set here
         arch=size["arch"],
         weights="",
         optimizer="sgd",

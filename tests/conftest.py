@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import yaml
 from PIL import Image
 
 from ddb import paths
-from ddb.config import Config, compose_params, load_config
+from ddb.config import Config, Recipe, compose_params, from_dict, load_config
 from ddb.data.embedded import source_paths
 from ddb.params_log import ENV
 from ddb.quickstart import make_project
@@ -95,20 +96,59 @@ def tiny_profile_text() -> str:
 
 
 def tiny_params(root: Path | str = "data/prepared", **overrides) -> str:
-    """params.yaml text of the tiny profile; `overrides` are {section: {key: value}}."""
+    """params.yaml text of the tiny profile; `overrides` are {section: {key: value}}, where a
+    value that is a mapping changes only the keys it names (params.yaml must hold them all)."""
     params = yaml.safe_load(tiny_profile_text())
     # the committed backbone by absolute path, so a test in any folder can fine-tune from it
     params["classifier"]["weights"] = str(REPO / "models/backbone/resnet18.pth")
-    for section, values in overrides.items():
-        params[section].update(values)
+    merge(params, overrides)
     params["data"]["root"] = str(root)
     return yaml.safe_dump(params, sort_keys=False)
+
+
+def merge(params: dict, changes: dict) -> None:
+    """Write `changes` into `params`, section by section, down to the keys."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            merge(params[key], value)
+        else:
+            params[key] = value
 
 
 def tiny_config(root: Path | str = "data/prepared", **sections) -> Config:
     """The tiny profile as a Config, with optional section overrides."""
     config = load_config_text(tiny_params(root))
     return dataclasses.replace(config, **sections)
+
+
+@functools.cache
+def default_params_text() -> str:
+    """conf/ composed with its defaults (what params.yaml holds), composed once."""
+    return yaml.safe_dump(compose_params(REPO / "conf"), sort_keys=False)
+
+
+def default_params() -> dict:
+    """A fresh copy of conf/'s default params, for a test to change."""
+    return yaml.safe_load(default_params_text())
+
+
+def default_config(**sections) -> Config:
+    """conf/'s defaults as a Config, with optional section overrides."""
+    return dataclasses.replace(from_dict(Config, default_params()), **sections)
+
+
+def default_section(name: str, **changes):
+    """Section `name` ("prune", "baselines.lisa") of conf/'s defaults with `changes`, built
+    and validated as load_config does (a bad value raises ConfigError naming the key)."""
+    raw, cls = default_params(), Config
+    for part in name.split("."):
+        raw, cls = raw[part], typing.get_type_hints(cls)[part]
+    return from_dict(cls, {**raw, **changes}, prefix=f"{name}.")
+
+
+def recipe(**keys) -> Recipe:
+    """A method recipe that sets `keys` and leaves every other classifier key shared."""
+    return Recipe(**{**dict.fromkeys(f.name for f in dataclasses.fields(Recipe)), **keys})
 
 
 def indexed(config: Config) -> Config:

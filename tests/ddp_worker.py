@@ -4,6 +4,7 @@ through `main_process_output`. Process 0 saves what it trained to <out>/<kind>.p
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddb.config import ClassifierConfig
+from ddb.config import load_config
 from ddb.distributed import main_process_output, process_state
 from ddb.methods.group_dro import GroupDROLoss
 from ddb.training import train_classifier
@@ -19,6 +20,7 @@ from ddb.training import train_classifier
 # 47 = 6 batches of 7 and one of 5: uneven shares (4 + 3, 3 + 2) over 2 processes, and a
 # last batch of >= 2 per process, which neither drops (BatchNorm's rule in training.py)
 N_TRAIN, N_VAL = 47, 12
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the other keys: conf/'s
 
 
 class Fixed(torch.utils.data.Dataset):
@@ -50,8 +52,14 @@ def main(out: Path) -> None:
     train, val = Fixed(N_TRAIN, 0), Fixed(N_VAL, 1)
     # SGD: Adam divides by the gradient's own scale, so it turns float32 rounding of gradients
     # near 0 into steps of size lr, and no tolerance could tell a bug from rounding
-    cfg = ClassifierConfig(
-        optimizer="sgd", lr=0.1, batch_size=7, epochs=1, weights="", schedule="constant"
+    cfg = dataclasses.replace(
+        load_config(PARAMS).classifier,
+        optimizer="sgd",
+        lr=0.1,
+        batch_size=7,
+        epochs=1,
+        weights="",
+        schedule="constant",
     )
     groups = train.group.numpy()
     kinds = {

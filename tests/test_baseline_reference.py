@@ -19,11 +19,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import ConcatDataset, DataLoader, Subset, WeightedRandomSampler
 
-from ddb.config import DfrConfig
 from ddb.data.waterbirds import Groups
 from ddb.methods import dfr, group_dro, jtt
 from ddb.training import Speed, train_loader
-from tests.conftest import tiny_config
+from tests.conftest import default_section, tiny_config
 
 GROUP_SIZES = [60, 7, 4, 29]  # a skewed train split, as Waterbirds'
 
@@ -399,7 +398,7 @@ def test_dfr_head_is_the_reference_tuned_and_averaged_head(monkeypatch):
     # with no train rows added, each retrain's shuffle of the train indices is unused
     shuffles = [s for s in shuffles if len(s) != len(x_train)]
 
-    cfg = DfrConfig(C=C_OPTIONS, num_retrains=20, tune_split="random", seed=0)
+    cfg = default_section("dfr", C=C_OPTIONS, num_retrains=20, tune_split="random", seed=0)
     head = dfr.fit_head(x_val, y_val, g_val, x_train, cfg, ReplayedShuffles(shuffles))
     assert [h["held_out_wga"] for h in head.history] == pytest.approx(
         list(worst_accs.values()), abs=1e-12
@@ -418,7 +417,7 @@ def test_dfr_scaler_is_not_the_val_subsets():
     rng = np.random.default_rng(1)
     x_train, _, _ = spurious_features([100, 10, 10, 100], rng, shift=2.0)
     x_val, y_val, g_val = spurious_features([20, 20, 20, 20], rng)
-    cfg = DfrConfig(num_retrains=3)
+    cfg = default_section("dfr", num_retrains=3)
     head = dfr.fit_head(x_val, y_val, g_val, x_train, cfg, np.random.default_rng(0))
     assert head.mean == pytest.approx(x_train.mean(0), rel=1e-9)
     assert head.std == pytest.approx(x_train.std(0), rel=1e-9)

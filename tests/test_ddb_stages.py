@@ -18,12 +18,11 @@ import torch
 from PIL import Image
 
 from ddb import paths
-from ddb.config import GenerateConfig, PruneConfig
 from ddb.data.waterbirds import DataError, Groups, read_metadata
 from ddb.models.classifier import build_classifier, save_classifier
 from ddb.models.inversion import save_learned_embeds
 from ddb.stages import generate, prune, retrain, score, segment, select
-from tests.conftest import REPO, indexed, tiny_config, tiny_params
+from tests.conftest import REPO, default_section, indexed, tiny_config, tiny_params
 from tests.tiny_models import tiny_inpaint_pipeline
 
 # ---- select -------------------------------------------------------------------------
@@ -213,7 +212,7 @@ def test_padding_and_batch_company_change_no_image():
     for i, mask in enumerate(masks):
         mask[4 : 16 + i, 6:18] = True
     prompts, seeds = ["a photo of a bird", "a photo of a crow", "a photo of a bird"], [5, 6, 7]
-    cfg = GenerateConfig(steps=2)
+    cfg = default_section("generate", steps=2)
     together = generate.generate_batch(pipe, images, masks, prompts, seeds, cfg)
     padded = generate.generate_batch(pipe, images, masks, prompts, seeds, cfg, pad_to=5)
     alone = [
@@ -370,10 +369,10 @@ def test_the_embedded_default_keeps_integrated_gradients_in_one_pass():
 
 
 def test_score_config_checks_the_memory_budget():
-    from ddb.config import ConfigError, ScoreConfig
+    from ddb.config import ConfigError
 
     with pytest.raises(ConfigError, match="score.ig_memory_gb"):
-        ScoreConfig(ig_memory_gb=0).validate()
+        default_section("score", ig_memory_gb=0.0)
 
 
 def test_score_on_cpu_is_the_float32_computation_and_autocast_stays_close():
@@ -437,14 +436,14 @@ def _scores():
 )
 def test_prune_conditions_on_hand_made_scores(flags, kept):
     off = {"psi": False, "paired": False, "attribution": False}
-    cfg = PruneConfig(**{**off, **flags}, delta=0.1, threshold=0.3)
+    cfg = default_section("prune", **{**off, **flags}, delta=0.1, threshold=0.3)
     psi = np.array([0.98, 0.9])
     decisions = prune.prune_decisions(_scores(), psi, cfg)
     assert list(decisions.kept) == kept
 
 
 def test_prune_threshold_moves_the_cut():
-    cfg = PruneConfig(psi=False, attribution=True, threshold=0.5)
+    cfg = default_section("prune", psi=False, attribution=True, threshold=0.5)
     decisions = prune.prune_decisions(_scores(), np.array([1.0, 1.0]), cfg)
     assert list(decisions.kept) == [True, False, True, False]
 

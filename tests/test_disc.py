@@ -18,12 +18,12 @@ from PIL import Image
 from sklearn.svm import SVC
 from torch import nn
 
-from ddb.config import ConfigError, DiscConfig, Recipe
+from ddb.config import ConfigError
 from ddb.methods import disc
 from ddb.models.classifier import build_classifier, load_classifier, save_classifier
 from ddb.stages import disc as disc_stage
 from ddb.stages import evaluate
-from tests.conftest import indexed, tiny_config
+from tests.conftest import default_section, indexed, recipe, tiny_config
 
 # ---- transcriptions of the reference -------------------------------------------------------
 
@@ -419,11 +419,12 @@ def write_bank(root, n_images: int = 6, size: int = 24):
 
 def tiny_disc_config(folder, bank) -> object:
     config = tiny_config(folder)
-    cfg = DiscConfig(
+    cfg = default_section(
+        "disc",
         concept_bank=str(bank),
         n_concept_imgs=5,
         n_clusters=2,
-        recipe=Recipe(epochs=2, batch_size=8),
+        recipe=recipe(epochs=2, batch_size=8),
     )
     return dataclasses.replace(config, disc=cfg)
 
@@ -468,13 +469,13 @@ def test_the_stage_trains_and_writes_what_evaluate_reads(in_tmp_repo, waterbirds
 )
 def test_bad_values_name_their_key(change, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        dataclasses.replace(DiscConfig(), **change).validate()
+        default_section("disc", **change)
 
 
 def test_a_bad_recipe_is_reported_under_disc_recipe():
-    config = dataclasses.replace(tiny_config(), disc=DiscConfig(recipe=Recipe(lr=-1.0)))
-    with pytest.raises(ConfigError, match=r"disc\.recipe\.lr"):
-        config.validate()
+    disc = default_section("disc", recipe=recipe(lr=-1.0))  # valid alone: lr is shared
+    with pytest.raises(ValueError, match=r"disc\.recipe\.lr"):
+        dataclasses.replace(tiny_config(), disc=disc)
 
 
 def test_the_bank_is_checked_before_training(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ddb import experiments, tables
-from ddb.config import Config
+from tests.conftest import default_config, default_section
 
 
 def _metrics(wga: float, mean: float = 0.9) -> dict:
@@ -244,10 +244,9 @@ def test_override_args_are_what_dvc_set_param_parses():
 
 def test_missing_requirements_names_data_and_checkpoints(tmp_path):
     nowhere = tmp_path / "nowhere"
-    config = dataclasses.replace(
-        Config(),
-        data=dataclasses.replace(Config().data, root=str(nowhere)),
-        models=dataclasses.replace(Config().models, diffusion="no-org/no-such-model"),
+    config = default_config(
+        data=default_section("data", root=str(nowhere)),
+        models=default_section("models", diffusion="no-org/no-such-model"),
     )
     missing = experiments.missing_requirements(config)
     assert f"the dataset at data.root {nowhere}" in missing
@@ -278,7 +277,7 @@ def test_queue_only_queues_every_run_and_starts_none(monkeypatch, tmp_path):
     commands = []
     monkeypatch.setattr(experiments.subprocess, "run", lambda cmd, **kw: commands.append(cmd))
     monkeypatch.setattr(experiments, "exp_rows", lambda: pytest.fail("read the results"))
-    message = experiments.ablations(Config(), only=["ddb", "copy-paste"], queue_only=True)
+    message = experiments.ablations(default_config(), only=["ddb", "copy-paste"], queue_only=True)
     queued = [c for c in commands if c[:4] == ["dvc", "exp", "run", "--queue"]]
     assert [c[5] for c in queued] == ["ablation-ddb", "ablation-copy-paste"]
     assert not any("--run-all" in c for c in commands)

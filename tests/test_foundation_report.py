@@ -14,7 +14,6 @@ import torch
 import yaml
 
 from ddb import paths
-from ddb.config import JudgeConfig
 from ddb.stages import foundation_report, judge, prepare
 from ddb.utils import sha256_file
 from tests.conftest import REPO, needs_sources, tiny_config, write_waterbirds_folder
@@ -27,7 +26,9 @@ pytestmark = needs_sources
 def tiny_judge(config):
     """`config` with a judge cheap enough for a test (its recipe is judge.classifier's)."""
     recipe = dataclasses.replace(config.classifier, epochs=1, batch_size=8)
-    return dataclasses.replace(config, judge=JudgeConfig(seed=0, classifier=recipe))
+    return dataclasses.replace(
+        config, judge=dataclasses.replace(config.judge, seed=0, classifier=recipe)
+    )
 
 
 @pytest.fixture(scope="module")

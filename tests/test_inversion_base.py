@@ -16,7 +16,7 @@ from diffusers import DDPMScheduler, PNDMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ddb import paths
-from ddb.config import Config, ConfigError, InvertConfig, ModelsConfig
+from ddb.config import ConfigError
 from ddb.models.inversion import (
     accumulate_gradient,
     draw_step,
@@ -29,6 +29,7 @@ from ddb.models.inversion import (
 from ddb.models.loaders import SD2_BASE, SD2_BASE_REVISION, load_text2image_pipeline
 from ddb.models.tokenizer import add_placeholder_tokens
 from ddb.stages import invert
+from tests.conftest import default_config, default_section
 from tests.hub_cache import hub_snapshot
 from tests.test_inversion import TOKEN, VOCAB, _data, write_inversion_inputs
 from tests.tiny_models import tiny_inpaint_pipeline, tiny_text2image_pipeline
@@ -154,8 +155,9 @@ def test_accumulating_four_batches_of_one_equals_one_batch_of_four():
 
 
 def test_scale_lr_multiplies_by_the_effective_batch():
-    assert invert.learning_rate(InvertConfig(lr=5e-4, batch_size=1, grad_accum=4)) == 5e-4
-    scaled = InvertConfig(lr=5e-4, batch_size=1, grad_accum=4, scale_lr=True)
+    keys = {"lr": 5e-4, "batch_size": 1, "grad_accum": 4}
+    assert invert.learning_rate(default_section("invert", **keys, scale_lr=False)) == 5e-4
+    scaled = default_section("invert", **keys, scale_lr=True)
     assert invert.learning_rate(scaled) == pytest.approx(2e-3)  # the public code's effective lr
 
 
@@ -213,7 +215,7 @@ def test_invert_checks_the_text_encoders_before_training(in_tmp_repo, tmp_path, 
 
 
 def test_an_inpainting_checkpoint_in_models_inversion_is_a_clear_error(inpaint_dir):
-    config = dataclasses.replace(Config(), models=ModelsConfig(inversion=str(inpaint_dir)))
+    config = default_config(models=default_section("models", inversion=str(inpaint_dir)))
     with pytest.raises(ConfigError, match="'models.inversion'.*9 input channels"):
         invert.load_pipeline(config, "cpu")
 

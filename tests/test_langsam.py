@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ddb import paths
-from ddb.config import ConfigError, ModelsConfig, SegmentConfig
+from ddb.config import ConfigError
 from ddb.data.masks import load_mask
 from ddb.models.langsam import (
     DEFAULT_DETECTOR,
@@ -24,7 +24,7 @@ from ddb.models.langsam import (
     union_mask,
 )
 from ddb.stages import index, segment
-from tests.conftest import tiny_config
+from tests.conftest import default_section, tiny_config
 from tests.tiny_langsam import save_langsam_stand_ins
 
 
@@ -114,7 +114,8 @@ def test_union_mask_rejects_masks_of_another_size():
 
 def test_stand_ins_load_by_the_default_hub_ids_as_float32_eval(langsam: LangSam):
     paper = ("IDEA-Research/grounding-dino-base", "facebook/sam2.1-hiera-small")  # lang-sam's
-    assert (ModelsConfig().detector, ModelsConfig().sam) == paper
+    models = default_section("models")
+    assert (models.detector, models.sam) == paper
     for model in (langsam.detector, langsam.sam):
         assert not model.training
         assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -228,13 +229,14 @@ def test_an_empty_folder_is_a_clear_error(tmp_path: Path):
 
 
 def test_segment_config_takes_langsam_and_checks_its_thresholds():
-    SegmentConfig(source="langsam").validate()
-    assert (SegmentConfig().box_threshold, SegmentConfig().text_threshold) == (0.3, 0.25)
-    assert SegmentConfig().max_boxes == 16
+    default_section("segment", source="langsam")
+    segment = default_section("segment")
+    assert (segment.box_threshold, segment.text_threshold) == (0.3, 0.25)
+    assert segment.max_boxes == 16
     bad_values = ({"box_threshold": 1.0}, {"text_threshold": 0.0}, {"source": "sam"})
     for bad in (*bad_values, {"max_boxes": -1}):
-        with pytest.raises(ConfigError):
-            SegmentConfig(**bad).validate()
+        with pytest.raises(ConfigError, match=f"'segment.{next(iter(bad))}'"):
+            default_section("segment", **bad)
 
 
 def test_segment_stage_with_langsam(in_tmp_repo, waterbirds_folder, stand_ins, monkeypatch):

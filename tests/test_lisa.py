@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from ddb.config import ConfigError, LisaConfig, Recipe, profile_config
+from ddb.config import ConfigError, profile_config
 from ddb.data.waterbirds import Groups, ImageTable, load_dataset
 from ddb.methods import LABELS, lisa
 from ddb.models.classifier import eval_transform, load_classifier
 from ddb.stages.evaluate import trained_models
 from ddb.training import predict, save_result
-from tests.conftest import REPO, load_config_text, tiny_config, tiny_params
+from tests.conftest import REPO, default_section, load_config_text, recipe, tiny_config, tiny_params
 
 # ---- the reference, transcribed ------------------------------------------------------------
 
@@ -149,7 +149,9 @@ def seeded_batches(sizes, seed: int, n_classes: int = 2, classes=(0, 0, 1, 1)):
 @pytest.mark.parametrize("mixing", ["mixup", "cutmix"])
 @pytest.mark.parametrize("group_by", ["group", "label"])
 def test_mixed_batches_match_mix_forward(mixing, group_by):
-    cfg = LisaConfig(group_by=group_by, mixing=mixing, mix_ratio=0.5, mix_alpha=2.0)
+    cfg = default_section(
+        "baselines.lisa", group_by=group_by, mixing=mixing, mix_ratio=0.5, mix_alpha=2.0
+    )
     args = SimpleNamespace(mix_ratio=0.5, mix_alpha=2.0, alpha=0.2, cut_mix=mixing == "cutmix")
     # a short last batch in one loader: pairs are cut to the shorter batch
     sizes, classes = ([6, 6, 5, 6], (0, 0, 1, 1)) if group_by == "group" else ([7, 6], (0, 1))
@@ -193,7 +195,7 @@ def test_mix_ratio_chooses_intra_label_or_intra_domain_pairs(ratio, same_class):
     # loaders 0..3 are groups 2y + place; give every image its group id as its pixels
     images = [torch.full((4, 1, 2, 2), float(g)) for g in range(4)]
     onehots = [F.one_hot(torch.full((4,), g // 2), 2).float() for g in range(4)]
-    cfg = LisaConfig(mix_ratio=ratio, mix_alpha=2.0)
+    cfg = default_section("baselines.lisa", mix_ratio=ratio, mix_alpha=2.0)
     mixed, target = lisa.mix_batches(images, onehots, cfg, np.random.RandomState(0))
     assert len(mixed) == 8  # 2 pairs of batches, one image per pair
     lam = target[:, 0]  # intra-label: one class, weight 1; intra-domain: lambda
@@ -247,7 +249,7 @@ def test_loaders_follow_groups_or_labels_and_an_empty_one_names_the_key():
 def lisa_config(root, **lisa_keys):
     config = tiny_config(root)
     cfg = dataclasses.replace(
-        config.baselines.lisa, recipe=Recipe(batch_size=8, epochs=2), **lisa_keys
+        config.baselines.lisa, recipe=recipe(batch_size=8, epochs=2), **lisa_keys
     )
     baselines = dataclasses.replace(config.baselines, methods=["lisa"], lisa=cfg)
     config = dataclasses.replace(config, baselines=baselines)
@@ -296,7 +298,7 @@ def test_lisa_is_registered_with_its_group_labels():
 )
 def test_a_bad_lisa_value_names_its_key(keys, named):
     with pytest.raises(ConfigError, match=named):
-        LisaConfig(**keys).validate()
+        default_section("baselines.lisa", **keys)
     with pytest.raises(ConfigError, match=named):  # as params.yaml
         load_config_text(tiny_params(baselines={"lisa": keys}))
 

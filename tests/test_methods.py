@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ddb.config import ConfigError, DfrConfig
+from ddb.config import ConfigError
 from ddb.data.waterbirds import load_dataset, split_table
 from ddb.methods import LABELS, dfr, jtt, method
 from ddb.methods.group_dro import GroupDROLoss
 from ddb.models.classifier import build_classifier
-from tests.conftest import tiny_config
+from tests.conftest import default_section, tiny_config
 
 
 class Constant(torch.nn.Module):
@@ -83,7 +83,7 @@ def test_dfr_chooses_c_from_the_grid_and_learns_the_core_feature():
     spurious = place + 0.1 * rng.normal(size=n)
     x = np.stack([core, spurious, rng.normal(size=n)], 1)
     grid = [1.0, 0.1, 0.01]
-    cfg = DfrConfig(C=grid, num_retrains=5)
+    cfg = default_section("dfr", C=grid, num_retrains=5)
     head = dfr.fit_head(x, y, groups, x, cfg, np.random.default_rng(0))
     assert head.C in grid and [h["C"] for h in head.history] == grid
     assert abs(head.coef[0, 0]) > abs(head.coef[0, 1])  # balanced val: the core feature wins
@@ -101,7 +101,7 @@ def test_dfr_tuning_halves_split_val_in_two(split):
 
 def test_dfr_random_split_of_a_tiny_val_names_the_key():
     groups = np.array([0, 0, 1, 1, 2, 2, 3, 3])  # two per group: a half often misses one
-    cfg = DfrConfig(tune_split="random")
+    cfg = default_section("dfr", tune_split="random")
     x, y = np.zeros((8, 2)), groups // 2
     with pytest.raises(ConfigError, match="dfr.tune_split.*use by_group"):
         for seed in range(20):

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from ddb.config import ConfigError
+from tests.conftest import default_section
 from tests.paper_world import (
     CLIPSEG,
     DATA_ROOT_KEY,
@@ -146,7 +147,6 @@ def test_resnet50_pretrained_loads_the_saved_imagenet_file(in_world: dict):
 
 
 def test_generate_batch_repaints_at_512_px_and_keeps_the_rest(in_world: dict):
-    from ddb.config import GenerateConfig
     from ddb.data.waterbirds import load_image
     from ddb.models.loaders import load_inpaint_pipeline
     from ddb.stages.generate import generate_batch
@@ -168,7 +168,7 @@ def test_generate_batch_repaints_at_512_px_and_keeps_the_rest(in_world: dict):
     pipe.unet.register_forward_pre_hook(lambda _, args: latent_sides.append(args[0].shape[-2:]))
 
     [out] = generate_batch(
-        pipe, [source], [mask], ["a photo of a bird"], [7], GenerateConfig(steps=2)
+        pipe, [source], [mask], ["a photo of a bird"], [7], default_section("generate", steps=2)
     )
 
     assert latent_sides and all(tuple(s) == (64, 64) for s in latent_sides)  # 512 px

@@ -12,13 +12,13 @@ import yaml
 from ddb import cli
 from ddb.config import (
     ConfigError,
-    Recipe,
     compose_params,
     from_dict,
     load_config,
     profile_config,
     with_recipe,
 )
+from tests.conftest import recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -105,7 +105,7 @@ def test_each_dataset_has_its_own_part_classes_and_recipes():
 
 def test_a_recipe_changes_only_the_keys_it_sets():
     config = load_config(REPO / "params.yaml")
-    changed = with_recipe(config, Recipe(lr=0.5, epochs=7)).classifier
+    changed = with_recipe(config, recipe(lr=0.5, epochs=7)).classifier
     assert (changed.lr, changed.epochs) == (0.5, 7)
     assert dataclasses.replace(
         changed, lr=config.classifier.lr, epochs=config.classifier.epochs
@@ -117,7 +117,7 @@ def test_a_bad_recipe_value_is_reported_under_the_methods_key():
     from ddb.config import Config
 
     with pytest.raises(ConfigError, match=r"'baselines\.jtt\.recipe\.optimizer' is 'sgdd'"):
-        from_dict(Config, raw, prefix="").validate()
+        from_dict(Config, raw, prefix="")
 
 
 def test_ddb_params_check_catches_a_hand_edit(tmp_path, monkeypatch, capsys):

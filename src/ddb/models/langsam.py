@@ -32,11 +32,12 @@ from transformers import (
     Sam2Processor,
 )
 
-from ddb.config import ModelsConfig
 from ddb.models.loaders import load_detector, load_sam
 
-DEFAULT_DETECTOR = ModelsConfig.detector  # IDEA-Research/grounding-dino-base, lang-sam's
-DEFAULT_SAM = ModelsConfig.sam  # facebook/sam2.1-hiera-small: lang-sam's sam2.1_hiera_small
+# lang-sam's own models (its sam2.1_hiera_small): the paper's LangSAM. conf/'s models.detector
+# and models.sam name the same (tests/test_langsam.py checks they agree)
+DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-base"
+DEFAULT_SAM = "facebook/sam2.1-hiera-small"
 MASK_THRESHOLD = 0.0  # on SAM's mask logits, as SAM2ImagePredictor and post_process_masks
 BOXES_PER_CALL = 8  # boxes per SAM mask-decoder call: bounds its memory (~40 MB a box)
 

@@ -26,7 +26,7 @@ import time
 import pandas as pd
 
 from ddb import paths
-from ddb.config import Config, DataConfig
+from ddb.config import Config
 from ddb.data.waterbirds import Groups, read_metadata
 from ddb.methods import method
 from ddb.models.classifier import save_classifier
@@ -90,5 +90,14 @@ def judge_config(config: Config) -> Config:
         seed=cfg.seed,
         group_balanced=dataclasses.replace(config.baselines.group_balanced, mode=cfg.mode),
     )
-    data = DataConfig(root=str(paths.PREPARED), image_size=config.prepare.image_size)
+    groups = Groups()  # the embedded benchmark's classes and places
+    data = dataclasses.replace(
+        config.data,
+        profile="embedded",
+        root=str(paths.PREPARED),
+        format="auto",
+        class_names=list(groups.class_names),
+        place_names=list(groups.place_names),
+        image_size=config.prepare.image_size,
+    )
     return dataclasses.replace(config, data=data, classifier=cfg.classifier, baselines=baselines)
