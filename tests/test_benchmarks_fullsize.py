@@ -10,6 +10,7 @@ import pytest
 
 from ddb.config import compose_params
 from tests.conftest import REPO
+from tests.test_benchmarks_memory import _flatten  # dotted key -> value, as that test reads params
 
 MIB = 2**20
 
@@ -25,16 +26,6 @@ def _load_benchmark():
 
 
 fullsize = _load_benchmark()
-
-
-def _flatten(params: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def test_the_full_size_run_cuts_only_counts_of_the_waterbirds_profile():
