@@ -67,10 +67,12 @@ import argparse
 import contextlib
 import csv
 import datetime
+import functools
 import io
 import itertools
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -222,9 +224,13 @@ def declared(entries) -> list[str]:
 
 
 def stages_of(root: Path) -> dict[str, dict]:
-    """dvc.yaml's stages, with ${data.root} resolved from params.yaml."""
-    data_root = yaml.safe_load((root / "params.yaml").read_text())["data"]["root"]
-    text = (root / "dvc.yaml").read_text().replace("${data.root}", str(data_root))
+    """dvc.yaml's stages, with each `${section.key}` resolved from params.yaml as DVC does."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+
+    def value(match: re.Match) -> str:
+        return str(functools.reduce(lambda node, key: node[key], match[1].split("."), params))
+
+    text = re.sub(r"\$\{([\w.]+)\}", value, (root / "dvc.yaml").read_text())
     return yaml.safe_load(text)["stages"]
 
 

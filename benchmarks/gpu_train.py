@@ -41,7 +41,8 @@ from ddb.models.classifier import build_classifier, train_transform
 from ddb.training import Speed, make_optimizer, prepare_model, train_epoch, train_loader
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parent  # where the figures are written
+PARAMS = HERE.parent / "params.yaml"  # the classifier keys not set here
 sys.path.insert(0, str(HERE))  # the sibling scripts
 from gpu_generate import merge_json  # noqa: E402
 from time_pipeline import write_section  # noqa: E402
@@ -105,7 +106,7 @@ def data_only_ips(dataset, cfg: ClassifierConfig, device) -> float:
 def measure(toy: bool, device: torch.device, workers: int, epochs: int, compile: bool) -> dict:
     size = TOY if toy else FULL
     base = dataclasses.replace(
-        load_config(REPO / "params.yaml").classifier,  # the keys not set here
+        load_config(PARAMS).classifier,
         arch=size["arch"],
         weights="",
         optimizer="sgd",

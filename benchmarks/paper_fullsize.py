@@ -40,30 +40,18 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))  # the sibling memory.py
 sys.path.insert(0, str(REPO))  # tests.paper_world, the stand-ins' builder
-from tests.paper_world import DATA_ROOT_KEY, WATERBIRDS_DIR, paper_world  # noqa: E402
+from tests.paper_world import (  # noqa: E402
+    DATA_ROOT_KEY,
+    PROFILE_STAGES,
+    WATERBIRDS_DIR,
+    paper_world,
+    write_concept_bank,
+)
 
 from memory import MIB, Measurement, machine, measure, replace_block, venv_env  # noqa: E402
 
 SECTION = "paper_fullsize"
 WORLDS = {"full": "the paper's configs, SD2's UNets 866M parameters", "tiny": "shrunk configs"}
-# the profile's stages in dvc.yaml's order (the paper profile skips prepare, the embedded
-# benchmark's; the frozen one-offs are not part of it)
-STAGES = [
-    "index",
-    "erm",
-    "baselines",
-    "dfr",
-    "select",
-    "segment",
-    "invert",
-    "generate",
-    "score",
-    "prune",
-    "retrain",
-    "retrain_no_prune",
-    "evaluate",
-    "report",
-]
 # train, val, test images per group (2 y + place): 12 train images, 8 val, 8 test
 PER_GROUP = {0: (4, 2, 2), 1: (2, 2, 2), 2: (2, 2, 2), 3: (4, 2, 2)}
 # only counts are cut; models, image sizes, batch sizes, thresholds stay the profile's
@@ -75,6 +63,12 @@ COUNTS = [
     "baselines.jtt.recipe.epochs=1",
     "baselines.jtt.upweight=1",  # its epoch is N + upweight x errors draws: 100 x 6 errors
     "baselines.group_dro.recipe.epochs=1",
+    "baselines.lisa.recipe.epochs=1",
+    "dac.epochs=1",
+    "disc.recipe.epochs=1",
+    "disc.n_concept_imgs=5",  # the stand-in bank's 6 images per concept
+    "disc.n_clusters=2",  # 3 Gaussians on 6 images per class: ill-defined covariances
+    "disc.concept_categories=color",  # the stand-in bank holds DISC's colour category only
     "select.sources_per_class=2",  # 2 sources per class: 4 generated images
     "invert.num_images=1",  # 1 inversion image per class
     "invert.steps=1",
@@ -102,6 +96,7 @@ def make_project(root: Path, world: dict[str, str], counts: list[str]) -> None:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, root / name)
     shutil.copytree(world[DATA_ROOT_KEY], root / "data" / WATERBIRDS_DIR)
+    write_concept_bank(root / "data/synthetic_concepts")  # where the profile reads DISC's bank
     compose = [sys.executable, "-m", "ddb", "params", "dataset=waterbirds", *counts]
     result = measure(compose, root, root / "params.log", venv_env())
     if result.returncode != 0:
@@ -110,7 +105,7 @@ def make_project(root: Path, world: dict[str, str], counts: list[str]) -> None:
 
 def stage_commands() -> dict[str, list[str]]:
     declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    return {stage: declared[stage]["cmd"].split() for stage in STAGES}
+    return {stage: declared[stage]["cmd"].split() for stage in PROFILE_STAGES}
 
 
 def run_stages(root: Path, world: dict[str, str]) -> dict[str, Measurement]:
@@ -229,7 +224,7 @@ def memory_notes(root: Path) -> list[str]:
     """What the stages logged about adapting to memory (generate's CPU batch, score's
     integrated-gradients passes), without the time stamps."""
     notes = []
-    for stage in STAGES:
+    for stage in PROFILE_STAGES:
         log_path = root / "logs" / f"{stage}.log"
         if log_path.is_file():
             for line in log_path.read_text(errors="replace").splitlines():

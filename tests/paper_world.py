@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ddb.dvcfile import pipeline_stages
 from ddb.models.loaders import (
     SD2_BASE,
     SD2_BASE_REVISION,
@@ -61,6 +62,14 @@ CLIPSEG = "CIDAS/clipseg-rd64-refined"
 WATERBIRDS_DIR = "waterbird_complete95_forest2water2"
 DATA_ROOT_KEY = "WATERBIRDS_ROOT"  # the data root's key in paper_world's dict (not a real env var)
 MODEL_SIZES = ("tiny", "full")
+# What `dvc repro report` runs on real data: every pipeline stage of dvc.yaml but prepare (the
+# embedded benchmark, not data.root's source), foundation_report and disc_concepts (neither
+# upstream of report: a paper profile reads DISC's bank from disc.concept_bank), in order.
+PROFILE_STAGES = [
+    stage
+    for stage in pipeline_stages()
+    if stage not in {"prepare", "foundation_report", "disc_concepts"}
+]
 
 # size="tiny": the only keys changed in each real file (nested dicts change nested keys).
 # Image sizes stay the real ones (512 px SD2, 352 px CLIPSeg on a 224 px tower).
@@ -383,6 +392,22 @@ def paper_world(
     seconds = round(time.perf_counter() - start, 2)
     stamp.write_text(json.dumps({"env": world, "size": size, "build_seconds": seconds}, indent=1))
     return world
+
+
+def write_concept_bank(root: Path, n_images: int = 6, size: int = 24) -> Path:
+    """A concept bank in DISC's layout (its concept_bank/download.py writes
+    <concept>/positives/*.png and metadata.json of categories): the colour category only,
+    plain colours with noise."""
+    rng = np.random.default_rng(0)
+    colours = {"greenness": (40, 160, 40), "blueness": (40, 40, 200), "redness": (200, 40, 40)}
+    for name, rgb in colours.items():
+        folder = root / name / "positives"
+        folder.mkdir(parents=True)
+        for i in range(n_images):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 20, (size, size, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    (root / "metadata.json").write_text('{"color": ["greenness", "blueness", "redness"]}')
+    return root
 
 
 def use_world(world: dict, monkeypatch) -> None:

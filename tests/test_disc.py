@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from sklearn.svm import SVC
 from torch import nn
 
@@ -24,6 +23,7 @@ from ddb.models.classifier import build_classifier, load_classifier, save_classi
 from ddb.stages import disc as disc_stage
 from ddb.stages import evaluate
 from tests.conftest import default_section, indexed, recipe, tiny_config
+from tests.paper_world import write_concept_bank
 
 # ---- transcriptions of the reference -------------------------------------------------------
 
@@ -403,20 +403,6 @@ def test_cure_loss_adds_one_mixed_term_per_class():
 # ---- the stage end to end ----------------------------------------------------------------
 
 
-def write_bank(root, n_images: int = 6, size: int = 24):
-    """A bank in DISC's layout: plain colour concepts with noise."""
-    rng = np.random.default_rng(0)
-    colours = {"greenness": (40, 160, 40), "blueness": (40, 40, 200), "redness": (200, 40, 40)}
-    for name, rgb in colours.items():
-        folder = root / name / "positives"
-        folder.mkdir(parents=True)
-        for i in range(n_images):
-            pixels = np.clip(np.array(rgb) + rng.normal(0, 20, (size, size, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
-    (root / "metadata.json").write_text('{"color": ["greenness", "blueness", "redness"]}')
-    return root
-
-
 def tiny_disc_config(folder, bank) -> object:
     config = tiny_config(folder)
     cfg = default_section(
@@ -430,7 +416,7 @@ def tiny_disc_config(folder, bank) -> object:
 
 
 def test_the_stage_trains_and_writes_what_evaluate_reads(in_tmp_repo, waterbirds_folder):
-    bank = write_bank(in_tmp_repo / "bank")
+    bank = write_concept_bank(in_tmp_repo / "bank")
     config = indexed(tiny_disc_config(waterbirds_folder, bank))
     erm = build_classifier("resnet18", 2, weights=config.classifier.weights)
     (in_tmp_repo / "models/erm").mkdir(parents=True)
@@ -481,7 +467,7 @@ def test_a_bad_recipe_is_reported_under_disc_recipe():
 def test_the_bank_is_checked_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"disc\.concept_bank.*disc_concepts"):
         disc.bank_concepts(tmp_path / "missing", "everything", 5)
-    bank = write_bank(tmp_path / "bank")
+    bank = write_concept_bank(tmp_path / "bank")
     assert disc.bank_concepts(bank, "everything", 5) == ["blueness", "greenness", "redness"]
     assert disc.bank_concepts(bank, "color", 5) == ["blueness", "greenness", "redness"]
     with pytest.raises(ConfigError, match=r"disc\.concept_categories.*nature"):

@@ -20,16 +20,16 @@ from PIL import Image
 
 from ddb import experiments
 from ddb.config import profile_config
-from ddb.dvcfile import pipeline_stages
 from tests.conftest import REPO, commit_all, copy_committed_outputs, run_in
 from tests.paper_world import (
     DATA_ROOT_KEY,
+    PROFILE_STAGES,
     SD2_BASE_PINNED,
     WATERBIRDS_DIR,
     paper_world,
     use_world,
+    write_concept_bank,
 )
-from tests.test_disc import write_bank
 
 pytestmark = pytest.mark.slow
 
@@ -67,10 +67,6 @@ TOY_COUNTS = [
     "evaluate.bootstrap=100",
 ]
 PER_GROUP = {0: (10, 2, 2), 1: (2, 2, 2), 2: (2, 2, 2), 3: (10, 2, 2)}  # train, val, test
-# what `dvc repro report` runs on real data: every pipeline stage of dvc.yaml but prepare
-# (the embedded benchmark, not data.root's source) and foundation_report and disc_concepts
-# (neither upstream of report: the profile reads DISC's bank from disc.concept_bank)
-STAGES = set(pipeline_stages()) - {"prepare", "foundation_report", "disc_concepts"}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +87,7 @@ def paper_project(world, tmp_path_factory) -> tuple[Path, str]:
     (root / "data").mkdir()
     shutil.copy(REPO / "data/sources.json", root / "data/sources.json")  # the frozen stages' dep
     shutil.copytree(world[DATA_ROOT_KEY], root / "data" / WATERBIRDS_DIR)
-    write_bank(root / "data/synthetic_concepts")  # DISC's bank, where the profile reads it
+    write_concept_bank(root / "data/synthetic_concepts")  # DISC's bank, where the profile reads it
     run_in(root, "git", "init", "-q")
     run_in(root, "dvc", "init", "-q")
     run_in(root, "dvc", "config", "hydra.enabled", "true")
@@ -109,7 +105,7 @@ def _run(cwd: Path, world: dict, *args: str) -> str:
 
 def test_every_stage_of_the_profile_runs_and_writes_every_metric(paper_project):
     root, out = paper_project
-    assert set(re.findall(r"Running stage '([a-z_]+)'", out)) == STAGES
+    assert set(re.findall(r"Running stage '([a-z_]+)'", out)) == set(PROFILE_STAGES)
     assert "prepare" not in out  # the embedded benchmark is not built for real data
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert set(metrics) == {

@@ -31,6 +31,7 @@ def test_repro_writes_every_metric(project):
         "group_balanced",
         "jtt",
         "group_dro",
+        "lisa",
         "dfr",
         "dac",
         "disc",
