@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from ddb.config import ClassifierConfig, load_config
-from ddb.data.waterbirds import ImageTable
+from ddb.data.dataset import ImageTable
 from ddb.models.classifier import build_classifier, train_transform
 from ddb.training import Speed, make_optimizer, prepare_model, train_epoch, train_loader
 

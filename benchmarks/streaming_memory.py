@@ -158,9 +158,9 @@ def run_worker() -> None:
 
 def metadata_bytes(root: Path) -> int:
     """Memory of the validated metadata table that every stage holds (pandas, deep)."""
-    from ddb.data.waterbirds import Groups, read_metadata
+    from ddb.data.dataset import WATERBIRDS_GROUPS, read_metadata
 
-    return int(read_metadata(root, Groups()).memory_usage(deep=True).sum())
+    return int(read_metadata(root, WATERBIRDS_GROUPS).memory_usage(deep=True).sum())
 
 
 def measure_size(n_train: int, scratch: Path) -> dict:

@@ -17,7 +17,7 @@ import sys
 import time
 
 from ddb.config import load_config, with_recipe
-from ddb.data.waterbirds import ImageTable, load_indexed, split_table
+from ddb.data.dataset import ImageTable, load_indexed, split_table
 from ddb.models.classifier import eval_transform
 from ddb.training import evaluate_split, fit_classifier
 

@@ -27,14 +27,22 @@ from PIL import Image
 
 from ddb import cli, paths
 from ddb.config import ConfigError
-from ddb.data import waterbirds
+from ddb.data import dataset
+from ddb.data.dataset import (
+    MAX_SIDE,
+    WATERBIRDS_GROUPS,
+    DataError,
+    groups_of,
+    load_image,
+    read_metadata,
+)
 from ddb.data.masks import load_mask
-from ddb.data.waterbirds import MAX_SIDE, DataError, Groups, load_image, read_metadata
 from ddb.models.inversion import load_learned_embeds, save_learned_embeds
 from ddb.models.loaders import load_inpaint_pipeline
 from ddb.stages import baselines as baselines_stage
 from ddb.stages import erm as erm_stage
 from ddb.stages import evaluate as evaluate_stage
+from ddb.stages import select
 from ddb.utils import StageError
 from tests.conftest import tiny_config, tiny_params, write_waterbirds_folder
 from tests.tiny_models import tiny_inpaint_pipeline
@@ -229,8 +237,8 @@ def test_evaluation_split_with_an_empty_group_is_an_error(
 
 def test_train_split_with_an_empty_group_is_a_warning(waterbirds_folder, caplog):
     edit_metadata(waterbirds_folder, _drop(lambda t: (t.split == 0) & (t.y == 0) & (t.place == 1)))
-    with caplog.at_level("WARNING", logger="ddb.data.waterbirds"):
-        table = read_metadata(waterbirds_folder, Groups())
+    with caplog.at_level("WARNING", logger="ddb.data.dataset"):
+        table = read_metadata(waterbirds_folder, WATERBIRDS_GROUPS)
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert "train split has no image of group(s) landbird_water" in warnings[0].getMessage()
@@ -240,7 +248,7 @@ def test_train_split_with_an_empty_group_is_a_warning(waterbirds_folder, caplog)
 def test_a_split_on_one_place_by_design_passes(waterbirds_folder, caplog):
     # MetaShift's test set: cats and dogs, all on shelves. No group it implies is missing.
     edit_metadata(waterbirds_folder, _drop(lambda t: (t.split == 2) & (t.place == 1)))
-    table = read_metadata(waterbirds_folder, Groups())
+    table = read_metadata(waterbirds_folder, WATERBIRDS_GROUPS)
     assert set(table[table.split == 2].group) == {0, 2}
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
@@ -299,7 +307,7 @@ def test_verify_alone_would_pass_the_truncated_jpeg(tmp_path):
     with Image.open(path) as image:
         image.verify()  # no error
     with pytest.raises(DataError, match="cut.jpg: unreadable image"):
-        waterbirds.check_images(tmp_path, pd.DataFrame({"img_filename": ["cut.jpg"]}))
+        dataset.check_images(tmp_path, pd.DataFrame({"img_filename": ["cut.jpg"]}))
 
 
 def test_mask_of_the_wrong_size_names_both_sizes(
@@ -533,7 +541,7 @@ def test_learned_embedding_of_another_text_encoder_width(pipe, in_tmp_repo, save
 
     config = tiny_config()
     config = tiny_config(models=dataclasses.replace(config.models, diffusion=str(saved_pipeline)))
-    names = config.data.class_names
+    names = groups_of(config.data).class_names
     for width, name in zip((32, 64), names):
         save_learned_embeds(
             paths.INVERT / name / "learned_embeds.safetensors", f"<{name}>", torch.ones(1, width)
@@ -658,9 +666,9 @@ def test_too_few_train_outputs_stop_select(earlier_run, capsys):
 
 def test_enough_images_pass_the_check():
     # The boundary: exactly sources + inversion images per class is enough.
-    waterbirds.check_enough_images({0: 6, 1: 6}, ["a", "b"], 4, 2, where="x")
+    select.check_enough_images({0: 6, 1: 6}, ["a", "b"], 4, 2, where="x")
     with pytest.raises(DataError, match="class b has 5 train images"):
-        waterbirds.check_enough_images({0: 6, 1: 5}, ["a", "b"], 4, 2, where="x")
+        select.check_enough_images({0: 6, 1: 5}, ["a", "b"], 4, 2, where="x")
 
 
 def test_earlier_run_fixture_is_a_valid_select_input(earlier_run, capsys):

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import ConcatDataset, DataLoader, Subset, WeightedRandomSampler
 
-from ddb.data.waterbirds import Groups
+from ddb.data.dataset import WATERBIRDS_GROUPS
 from ddb.methods import dfr, group_dro, jtt
 from ddb.training import Speed, train_loader
 from tests.conftest import default_section, tiny_config
@@ -42,7 +42,7 @@ def captured_fit_kwargs(monkeypatch, module, config, table) -> list[dict]:
         return SimpleNamespace(model=None)
 
     monkeypatch.setattr(module, "fit_classifier", fake_fit)
-    module.train(config, "unused-root", table, Groups())
+    module.train(config, "unused-root", table, WATERBIRDS_GROUPS)
     return calls
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ddb.data.celeba import read_celeba
-from ddb.data.waterbirds import DataError
+from ddb.data.dataset import DataError
 
 # The 40 attributes of list_attr_celeba, in the file's order (Blond_Hair 9, Male 20).
 NAMES = [

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from ddb import paths
+from ddb.data.dataset import DataError
 from ddb.data.masks import load_mask
-from ddb.data.waterbirds import DataError
 from ddb.stages import generate, invert, report, segment
 from tests.conftest import indexed, tiny_config
 from tests.test_ddb_stages import generation_inputs  # noqa: F401 (fixture)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ddb import paths
 from ddb.config import ConfigError, load_config
-from ddb.data.waterbirds import load_dataset, split_table
+from ddb.data.dataset import load_dataset, split_table
 from ddb.methods import LABELS, dac
 from ddb.models.classifier import build_classifier, load_classifier, save_classifier
 from ddb.stages import dac as dac_stage
@@ -465,7 +465,7 @@ def test_training_reads_no_train_group(waterbirds_folder):
     root, table, groups = load_dataset(config.data)
     erm = backbone_model()
     train = split_table(table, "train")
-    from ddb.data.waterbirds import ImageTable
+    from ddb.data.dataset import ImageTable
     from ddb.models.classifier import eval_transform
 
     masks = dac.adaptive_masks(erm, ImageTable(root, train, eval_transform(64)), 8)

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ddb import paths
-from ddb.data.waterbirds import DataError, Groups, read_metadata
+from ddb.data.dataset import WATERBIRDS_GROUPS, DataError, read_metadata
 from ddb.models.classifier import build_classifier, save_classifier
 from ddb.models.inversion import save_learned_embeds
 from ddb.stages import generate, prune, retrain, score, segment, select
@@ -87,7 +87,7 @@ def generation_inputs(in_tmp_repo: Path, waterbirds_folder: Path):
     """A project folder with segment and invert outputs written by hand, and a tiny pipeline."""
     pipe_dir = in_tmp_repo / "pipe"
     tiny_inpaint_pipeline().save_pretrained(pipe_dir)
-    table = read_metadata(waterbirds_folder, Groups())
+    table = read_metadata(waterbirds_folder, WATERBIRDS_GROUPS)
     train = table[table.split == 0]
     sources = pd.concat([train[train.y == 0].head(3), train[train.y == 1].head(2)])
     rows = []
@@ -462,7 +462,7 @@ def test_subset_loss_weights_per_subset_means_and_skips_absent_subsets():
 
 def test_augmented_set_carries_subset_ids_not_groups(waterbirds_folder, tmp_path):
     config = tiny_config(waterbirds_folder)
-    table = read_metadata(waterbirds_folder, Groups())
+    table = read_metadata(waterbirds_folder, WATERBIRDS_GROUPS)
     train = table[table.split == 0]
     generated = pd.DataFrame({"img_filename": train.img_filename[:3].to_list(), "y": [1, 0, 1]})
     dataset = retrain.augmented_train_set(
@@ -480,7 +480,7 @@ def test_retrain_reads_no_group_label_of_generated_samples(in_tmp_repo, waterbir
     config = dataclasses.replace(config, retrain=dataclasses.replace(config.retrain, epochs=1))
     torch.manual_seed(0)
     save_classifier(build_classifier("resnet18", 2), "resnet18", 2, paths.ERM / "model.pt")
-    table = read_metadata(waterbirds_folder, Groups())
+    table = read_metadata(waterbirds_folder, WATERBIRDS_GROUPS)
     source = table[table.split == 0].img_filename.iloc[0]
     image = Image.open(waterbirds_folder / source)
     (paths.GENERATE / "shards").mkdir(parents=True)

@@ -381,6 +381,15 @@ def test_class_clusters_separate_errors_within_a_class():
         )
 
 
+def test_clusters_that_cannot_be_fitted_name_the_key():
+    y = np.repeat([0, 1], 4)
+    # 4 images a class for 3 Gaussians, spread wide: a singleton's covariance is reg_covar
+    # alone, too small beside the others to factor (sklearn: "ill-defined covariance")
+    embedding = np.random.default_rng(0).normal(size=(8, 5)) * 1e6
+    with pytest.raises(ConfigError, match="disc.n_clusters: 3 Gaussians on the 4 train images"):
+        disc.class_clusters(embedding, np.ones(8), y, 3, "pca", 0)
+
+
 def test_cure_loss_adds_one_mixed_term_per_class():
     model = tiny_net(0)
     x, y = torch.randn(6, 3, 2, 2), torch.tensor([0, 0, 0, 1, 1, 1])

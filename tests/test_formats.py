@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from ddb.data.celeba import read_celeba
+from ddb.data.dataset import DataError, Groups, check_images, groups_of, read_metadata
 from ddb.data.formats import detect_format, read_raw_table
 from ddb.data.metashift import read_metashift
-from ddb.data.waterbirds import DataError, Groups, check_images, read_metadata
-from tests.conftest import write_waterbirds_folder
+from tests.conftest import default_section, write_waterbirds_folder
 from tests.test_celeba import write_celeba
 from tests.test_metashift import write_metashift
 
@@ -94,3 +94,33 @@ def test_an_incomplete_celeba_folder_names_the_missing_file(folders):
     (folders["kaggle"] / "list_eval_partition.csv").unlink()
     with pytest.raises(DataError, match="list_eval_partition.csv: not found"):
         detect_format(folders["kaggle"])
+
+
+def data_section(root, **changes):
+    """conf/'s data section (class and place names null: the format's own) at `root`."""
+    return default_section("data", root=str(root), **changes)
+
+
+def test_a_format_brings_its_own_group_names_unless_params_set_them(folders):
+    # CelebA's two attributes, lowercased (data.celeba.target / .spurious: Blond_Hair / Male)
+    names = groups_of(data_section(folders["official"])).names
+    assert names == [
+        "not_blond_hair_not_male",
+        "not_blond_hair_male",
+        "blond_hair_not_male",
+        "blond_hair_male",
+    ]
+    # ... which follow the attributes chosen
+    other = default_section("data.celeba", target="Smiling", spurious="Eyeglasses")
+    smiling = groups_of(data_section(folders["kaggle"], celeba=other))
+    assert smiling.class_names == ("not_smiling", "smiling")
+    assert smiling.place_names == ("not_eyeglasses", "eyeglasses")
+    metashift = groups_of(data_section(folders["metashift"])).names
+    assert metashift == ["cat_indoor", "cat_outdoor", "dog_indoor", "dog_outdoor"]
+    waterbirds = groups_of(data_section(folders["waterbirds"])).names
+    assert waterbirds[0] == "landbird_land" and waterbirds[-1] == "waterbird_water"
+    # a forced format is believed; names set in params win, each list on its own
+    forced = data_section(folders["waterbirds"], format="metashift")
+    assert groups_of(forced).class_names == ("cat", "dog")
+    mine = data_section(folders["official"], class_names=["dark", "blond"])
+    assert groups_of(mine).names[0] == "dark_not_male"

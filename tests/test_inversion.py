@@ -184,6 +184,8 @@ def write_inversion_inputs(root: Path, pipe_dir: Path) -> Config:
     config = tiny_config(root)
     return dataclasses.replace(
         config,
+        # Waterbirds' folder layout without its metadata.csv (invert reads segments.csv)
+        data=dataclasses.replace(config.data, format="waterbirds"),
         models=dataclasses.replace(config.models, diffusion=str(pipe_dir)),
         invert=dataclasses.replace(config.invert, steps=2, batch_size=2, num_images=2),
     )

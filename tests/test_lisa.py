@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from ddb.config import ConfigError, profile_config
-from ddb.data.waterbirds import Groups, ImageTable, load_dataset
+from ddb.data.dataset import WATERBIRDS_GROUPS, ImageTable, load_dataset
 from ddb.methods import LABELS, lisa
 from ddb.models.classifier import eval_transform, load_classifier
 from ddb.stages.evaluate import trained_models
@@ -233,14 +233,14 @@ def test_mixup_draws_one_lambda_per_pair():
 
 def test_loaders_follow_groups_or_labels_and_an_empty_one_names_the_key():
     train = pd.DataFrame({"y": [0, 0, 1, 1, 1, 0], "group": [0, 1, 2, 3, 3, 1]})
-    rows = lisa.loader_rows(train, "group", Groups())
+    rows = lisa.loader_rows(train, "group", WATERBIRDS_GROUPS)
     assert [r.tolist() for r in rows] == [[0], [1, 5], [2], [3, 4]]
-    rows = lisa.loader_rows(train, "label", Groups())
+    rows = lisa.loader_rows(train, "label", WATERBIRDS_GROUPS)
     assert [r.tolist() for r in rows] == [[0, 1, 5], [2, 3, 4]]
     no_minority = train[train["group"].isin([0, 3])]  # MetaShift's train: 2 of the 4 groups
     with pytest.raises(ConfigError, match="baselines.lisa.group_by.*landbird_water"):
-        lisa.loader_rows(no_minority, "group", Groups())
-    assert len(lisa.loader_rows(no_minority, "label", Groups())) == 2
+        lisa.loader_rows(no_minority, "group", WATERBIRDS_GROUPS)
+    assert len(lisa.loader_rows(no_minority, "label", WATERBIRDS_GROUPS)) == 2
 
 
 # ---- (b) end to end ------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ddb.data.dataset import DataError
 from ddb.data.metashift import read_metashift, val_positions
-from ddb.data.waterbirds import DataError
 
 # Visual Genome ids of different lengths, so that name order differs from number order
 IDS = {

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ddb.config import ConfigError
-from ddb.data.waterbirds import load_dataset, split_table
+from ddb.data.dataset import load_dataset, split_table
 from ddb.methods import LABELS, dfr, jtt, method
 from ddb.methods.group_dro import GroupDROLoss
 from ddb.models.classifier import build_classifier

@@ -147,7 +147,7 @@ def test_resnet50_pretrained_loads_the_saved_imagenet_file(in_world: dict):
 
 
 def test_generate_batch_repaints_at_512_px_and_keeps_the_rest(in_world: dict):
-    from ddb.data.waterbirds import load_image
+    from ddb.data.dataset import load_image
     from ddb.models.loaders import load_inpaint_pipeline
     from ddb.stages.generate import generate_batch
 
@@ -178,7 +178,7 @@ def test_generate_batch_repaints_at_512_px_and_keeps_the_rest(in_world: dict):
 
 
 def test_waterbirds_folder_reads_as_the_real_download(in_world: dict):
-    from ddb.data.waterbirds import Groups, check_images, read_metadata
+    from ddb.data.dataset import WATERBIRDS_GROUPS, check_images, read_metadata
 
     root = Path(in_world[DATA_ROOT_KEY])
     assert root.name == "waterbird_complete95_forest2water2"
@@ -196,7 +196,7 @@ def test_waterbirds_folder_reads_as_the_real_download(in_world: dict):
     raw = Counter((int(r["split"]), 2 * int(r["y"]) + int(r["place"])) for r in rows)
     assert raw == expected
 
-    table = read_metadata(root, Groups())
+    table = read_metadata(root, WATERBIRDS_GROUPS)
     assert Counter(zip(table.split, table.group)) == expected
     check_images(root, table)
     assert list(table.img_id) == list(range(1, len(table) + 1))

@@ -8,8 +8,8 @@ from PIL import Image
 
 from ddb import paths
 from ddb.data import embedded
+from ddb.data.dataset import WATERBIRDS_GROUPS, check_images, read_metadata
 from ddb.data.embedded import plan_rows
-from ddb.data.waterbirds import Groups, check_images, read_metadata
 from ddb.stages import prepare
 from tests.conftest import needs_sources, tiny_config
 
@@ -36,7 +36,7 @@ def test_every_species_and_scene_has_a_class():
 def test_prepare_builds_a_valid_deterministic_benchmark(in_tmp_repo):
     config = tiny_config()
     prepare.run(config)
-    groups = Groups()
+    groups = WATERBIRDS_GROUPS
     table = read_metadata(paths.PREPARED, groups)
     check_images(paths.PREPARED, table)
     check_images(paths.PREPARED, table, column="mask_filename")

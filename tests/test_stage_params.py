@@ -20,6 +20,11 @@ FAIL_EARLY = "a fail-early check for select; outputs unchanged"
 # groups_of(config.data) builds the Groups of both name lists; these stages use only its
 # class_names (listed), so a renamed place changes nothing they write.
 GROUPS = "read by groups_of() with class_names; unused"
+# With data.class_names / place_names null, groups_of() names the groups after data.root's
+# format (ddb.data.formats.own_groups: the format the index recorded, or data.format; for
+# CelebA also data.celeba's two attributes). Those keys change the index's table.csv and so
+# every output upstream of these stages (ERM's, the metrics), which re-runs them anyway.
+FORMAT_NAMES = "the groups' names follow data.root's format; upstream outputs change with it"
 
 # Keys a stage may read unlisted, each with why that is safe. A new entry needs a reason as
 # good: otherwise list the key in the stage's dvc.yaml params.
@@ -34,6 +39,11 @@ READ_UNLISTED = {
         for key in ("select.sources_per_class", "invert.num_images")
     },
     **{(stage, "data.place_names"): GROUPS for stage in ("select", "invert", "prune")},
+    **{
+        (stage, "data.format"): FORMAT_NAMES
+        for stage in ("select", "segment", "invert", "generate", "prune", "report")
+    },
+    **{(stage, "data.root"): FORMAT_NAMES for stage in ("select", "report")},
 }
 
 pytestmark = pytest.mark.slow

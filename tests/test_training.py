@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddb import paths
-from ddb.data.waterbirds import ImageTable, load_dataset, split_table
+from ddb.data.dataset import ImageTable, load_dataset, split_table
 from ddb.methods.group_balanced import group_balanced_weights
 from ddb.models.classifier import build_classifier, eval_transform, train_transform
 from ddb.stages import erm

@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     from ddb.config import ConfigError, load_config
+    from ddb.data.dataset import DataError
     from ddb.data.embedded import SourcesError
-    from ddb.data.waterbirds import DataError
     from ddb.utils import StageError
 
     try:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = load_config(args.params)
         if args.command == "check":
-            from ddb.data.waterbirds import load_dataset
+            from ddb.data.dataset import load_dataset
 
             load_dataset(config.data, check=True)
             print("params and data are valid")

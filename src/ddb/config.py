@@ -93,21 +93,34 @@ class DataConfig(Validated):
     profile: StrictStr  # the conf/dataset group these params were composed from
     root: StrictStr
     format: StrictStr  # auto (recognised from the files) | waterbirds | celeba | metashift
-    class_names: list[StrictStr]
-    place_names: list[StrictStr]
+    class_names: list[StrictStr] | None  # None: the format's own (ddb.data.formats.own_groups)
+    place_names: list[StrictStr] | None
     image_size: StrictInt  # classifier input side, in pixels
     celeba: CelebaConfig
     metashift: MetashiftConfig
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(classes, places): the names' counts; where a list is None, the format's own
+        names count 2 (every format ddb reads has two classes and two places)."""
+        own = 2
+        return (
+            own if self.class_names is None else len(self.class_names),
+            own if self.place_names is None else len(self.place_names),
+        )
+
     def validate(self) -> None:
         _require_choice("data.format", self.format, DATA_FORMATS)
-        _require(len(self.class_names) >= 2, "data.class_names", "needs at least 2 classes")
-        _require(len(self.place_names) >= 1, "data.place_names", "needs at least 1 place")
+        classes, places = self.shape
+        _require(classes >= 2, "data.class_names", "needs at least 2 classes")
+        _require(places >= 1, "data.place_names", "needs at least 1 place")
         for key, names in (
             ("data.class_names", self.class_names),
             ("data.place_names", self.place_names),
         ):
-            _require(len(set(names)) == len(names), key, f"has repeated names: {names}")
+            _require(
+                names is None or len(set(names)) == len(names), key, f"has repeated names: {names}"
+            )
         _require(self.image_size >= 16, "data.image_size", f"must be >= 16, got {self.image_size}")
 
 
@@ -772,7 +785,7 @@ class Config(Validated):
         )
         if "lisa" in self.baselines.methods:
             self._validate_lisa()
-        n_classes = len(self.data.class_names)
+        n_classes = self.data.shape[0]
         _require(
             len(self.retrain.gamma) == n_classes,
             "retrain.gamma",
@@ -783,7 +796,7 @@ class Config(Validated):
         lisa = self.baselines.lisa
         batch = lisa.recipe.applied_to(self.classifier).batch_size
         _require(batch >= 2, "baselines.lisa.recipe.batch_size", "must be >= 2 (pairs within it)")
-        shape = (len(self.data.class_names), len(self.data.place_names))
+        shape = self.data.shape
         _require(
             lisa.group_by == "label" or shape == (2, 2),
             "baselines.lisa.group_by",

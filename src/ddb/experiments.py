@@ -81,8 +81,8 @@ def missing_requirements(config: Config) -> list[str]:
     folder in a format the adapters read, each checkpoint its stages load (as a folder or
     in the Hugging Face cache), the classifier.weights file, and the ImageNet weights in the
     torch cache."""
+    from ddb.data.dataset import DataError
     from ddb.data.formats import detect_format
-    from ddb.data.waterbirds import DataError
 
     missing = []
     root = Path(config.data.root)

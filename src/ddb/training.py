@@ -29,10 +29,9 @@ from tqdm import tqdm
 
 from ddb import paths
 from ddb.config import ClassifierConfig, Config, ConfigError
-from ddb.data.waterbirds import (
+from ddb.data.dataset import (
     Groups,
     ImageTable,
-    check_enough_images,
     load_indexed,
     split_table,
 )
@@ -44,6 +43,7 @@ from ddb.models.classifier import (
     save_classifier,
     train_transform,
 )
+from ddb.stages.select import check_enough_images
 from ddb.utils import seed_everything
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ Kaggle mirror (jessicali9530/celeba-dataset):
     list_eval_partition.csv   `image_id,partition`
 
 `read_celeba` returns the Waterbirds-style table (img_filename, y, place, split, plus
-image_id) that `ddb.data.waterbirds` validates; nothing is copied. The tables are parsed by
+image_id) that `ddb.data.dataset` validates; nothing is copied. The tables are parsed by
 pandas in one pass; only when that pass finds something wrong is the file read again line by
 line, to name the first bad line.
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ddb.data.waterbirds import DataError
+from ddb.data.dataset import DataError
 
 log = logging.getLogger(__name__)
 

@@ -9,21 +9,24 @@ Three formats, told apart by their files:
 - metashift: train/ and test/ with cat/ and dog/ folders (DISC's MetaDatasetCatDog), see
   ddb.data.metashift.
 
-`read_raw_table` only reads; ddb.data.waterbirds.read_metadata validates what it returns.
+`read_raw_table` only reads; ddb.data.dataset.read_metadata validates what it returns.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
 from ddb.data.celeba import celeba_files, read_celeba
+from ddb.data.dataset import WATERBIRDS_GROUPS, DataError, Groups
+from ddb.data.metashift import CLASS_NAMES as METASHIFT_CLASSES
+from ddb.data.metashift import PLACE_NAMES as METASHIFT_PLACES
 from ddb.data.metashift import read_metashift
-from ddb.data.waterbirds import DataError
 
 NEEDS = {
     "waterbirds": "metadata.csv",
@@ -97,6 +100,36 @@ def read_raw_table(
     if fmt == "celeba":
         return read_celeba(root, **_options(celeba, read_celeba, "celeba"))
     return read_metashift(root, **_options(metashift, read_metashift, "metashift"))
+
+
+def own_groups(data_cfg) -> Groups:
+    """The class and place names that data.root's format brings, for params that leave
+    data.class_names / data.place_names null: Waterbirds' birds and places; CelebA's two
+    attributes (data.celeba.target and .spurious: not_male / male); MetaShift's cat / dog
+    and indoor / outdoor."""
+    fmt = data_cfg.format if data_cfg.format != "auto" else _auto_format(Path(data_cfg.root))
+    if fmt == "celeba":
+        target, spurious = (
+            name.lower() for name in (data_cfg.celeba.target, data_cfg.celeba.spurious)
+        )
+        return Groups((f"not_{target}", target), (f"not_{spurious}", spurious))
+    if fmt == "metashift":
+        return Groups(METASHIFT_CLASSES, METASHIFT_PLACES)
+    return WATERBIRDS_GROUPS
+
+
+def _auto_format(root: Path) -> str:
+    """The format the index stage recorded for `root` (what every later stage reads), else
+    the folder's own; a folder not there yet (data/prepared before `prepare` has run) is
+    named as the waterbirds format that prepare writes: the stages that read it say it is
+    missing."""
+    from ddb import paths
+
+    if paths.INDEX_SUMMARY.is_file():
+        recorded = json.loads(paths.INDEX_SUMMARY.read_text())
+        if Path(recorded["root"]) == root:
+            return recorded["format"]
+    return detect_format(root) if root.is_dir() else "waterbirds"
 
 
 def _read_metadata_csv(path: Path) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddb.data.waterbirds import MAX_SIDE, DataError, decode_fitted, quiet_bomb_warning
+from ddb.data.dataset import MAX_SIDE, DataError, decode_fitted, quiet_bomb_warning
 
 
 def load_mask(

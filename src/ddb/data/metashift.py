@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ddb.data.waterbirds import DataError
+from ddb.data.dataset import DataError
 
 log = logging.getLogger(__name__)
 

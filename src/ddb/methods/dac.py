@@ -50,7 +50,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ddb.data.waterbirds import ImageTable, split_table
+from ddb.data.dataset import ImageTable, split_table
 from ddb.models.classifier import eval_transform
 from ddb.training import TrainResult, evaluate_split, resolve_device
 from ddb.utils import seed_everything

@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ddb.config import ConfigError, DfrConfig
-from ddb.data.waterbirds import ImageTable, split_table
+from ddb.data.dataset import ImageTable, split_table
 from ddb.metrics import worst_group_accuracy
 from ddb.models.classifier import eval_transform
 from ddb.training import TrainResult

@@ -62,7 +62,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ddb.config import ConfigError, DiscConfig, with_recipe
-from ddb.data.waterbirds import ImageTable, load_image, split_table
+from ddb.data.dataset import ImageTable, load_image, split_table
 from ddb.methods.group_balanced import group_balanced_weights
 from ddb.models.classifier import build_classifier, eval_transform, train_transform
 from ddb.training import (
@@ -345,7 +345,13 @@ def class_clusters(
     for c in np.unique(y):
         rows = y == c
         reps = reduce_2d(np.concatenate([embedding[rows], correct[rows, None]], 1), reducer, seed)
-        gmm = GaussianMixture(n_components=n_clusters, random_state=seed).fit(reps)
+        try:
+            gmm = GaussianMixture(n_components=n_clusters, random_state=seed).fit(reps)
+        except ValueError as err:  # a Gaussian left with one point, or points that coincide
+            raise ConfigError(
+                f"disc.n_clusters: {n_clusters} Gaussians on the {int(rows.sum())} train images "
+                f"of class {c} could not be fitted ({err}); lower disc.n_clusters or add images"
+            ) from err
         clusters[rows] = gmm.predict(reps)
     return clusters
 

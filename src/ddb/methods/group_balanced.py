@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddb.data.waterbirds import split_table
+from ddb.data.dataset import split_table
 from ddb.training import fit_classifier
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ddb.data.waterbirds import split_table
+from ddb.data.dataset import split_table
 from ddb.methods.group_balanced import group_balanced_weights
 from ddb.training import fit_classifier
 

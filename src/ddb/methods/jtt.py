@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from ddb.data.waterbirds import ImageTable, split_table
+from ddb.data.dataset import ImageTable, split_table
 from ddb.models.classifier import eval_transform
 from ddb.training import fit_classifier, predict
 

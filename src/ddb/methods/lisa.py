@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
 from ddb.config import ConfigError, LisaConfig
-from ddb.data.waterbirds import Groups, ImageTable, split_table
+from ddb.data.dataset import Groups, ImageTable, split_table
 from ddb.distributed import process_state, split_sizes
 from ddb.models.classifier import build_classifier, eval_transform, train_transform
 from ddb.training import (

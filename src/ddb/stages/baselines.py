@@ -9,7 +9,7 @@ import logging
 
 from ddb import paths
 from ddb.config import Config, with_recipe
-from ddb.data.waterbirds import split_table
+from ddb.data.dataset import split_table
 from ddb.distributed import main_process_output
 from ddb.methods import method
 from ddb.training import load_training_data, save_result

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import load_indexed
+from ddb.data.dataset import load_indexed
 from ddb.distributed import main_process_output
 from ddb.methods import dfr
 from ddb.models.classifier import load_classifier, save_classifier

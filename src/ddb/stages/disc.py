@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import load_indexed
+from ddb.data.dataset import load_indexed
 from ddb.distributed import main_process_output
 from ddb.methods import disc
 from ddb.models.classifier import load_classifier

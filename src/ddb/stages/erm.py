@@ -15,7 +15,7 @@ import pandas as pd
 
 from ddb import paths
 from ddb.config import Config, with_recipe
-from ddb.data.waterbirds import ImageTable, split_table
+from ddb.data.dataset import ImageTable, split_table
 from ddb.distributed import main_process_output
 from ddb.models.classifier import eval_transform
 from ddb.training import fit_classifier, load_training_data, predict, save_result

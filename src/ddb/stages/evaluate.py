@@ -15,7 +15,7 @@ import pandas as pd
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import ImageTable, load_indexed, split_table
+from ddb.data.dataset import ImageTable, load_indexed, split_table
 from ddb.metrics import summarize
 from ddb.models.classifier import eval_transform, load_classifier
 from ddb.training import predict

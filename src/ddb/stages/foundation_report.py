@@ -36,7 +36,7 @@ from ddb import paths  # noqa: E402
 from ddb.config import Config  # noqa: E402
 from ddb.data import embedded  # noqa: E402
 from ddb.data.corpus import dilate, object_name  # noqa: E402
-from ddb.data.waterbirds import Groups, read_metadata, split_table  # noqa: E402
+from ddb.data.dataset import WATERBIRDS_GROUPS, read_metadata, split_table  # noqa: E402
 from ddb.models.classifier import eval_transform, load_classifier  # noqa: E402
 from ddb.models.diffusion import inpaint  # noqa: E402
 from ddb.models.langsam import load_langsam  # noqa: E402
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 def run(config: Config) -> None:
     cfg = config.foundation_eval
     # Always the embedded benchmark: it has ground-truth masks (data.root may not).
-    root, groups = paths.PREPARED, Groups()
+    root, groups = paths.PREPARED, WATERBIRDS_GROUPS
     judge, judge_info = load_judge()
     table = read_metadata(root, groups)
     val = balanced_sample(split_table(table, "val"), cfg.images, cfg.seed)

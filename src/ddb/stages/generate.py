@@ -67,8 +67,8 @@ from tqdm import tqdm
 from ddb import paths
 from ddb.config import Config, ConfigError
 from ddb.data.corpus import dilate
+from ddb.data.dataset import DataError, groups_of, load_image, load_indexed
 from ddb.data.masks import load_mask
-from ddb.data.waterbirds import DataError, groups_of, load_image, load_indexed
 from ddb.distributed import process_state
 from ddb.models.diffusion import inpaint
 from ddb.models.inversion import load_learned_embeds, prompt_token

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ddb import paths
 from ddb.config import Config
 from ddb.data import formats
-from ddb.data.waterbirds import SPLITS, check_images, groups_of, read_dataset
+from ddb.data.dataset import SPLITS, check_images, groups_of, read_dataset
 from ddb.utils import atomic_path, check_writable, md5_file, write_json
 
 log = logging.getLogger(__name__)

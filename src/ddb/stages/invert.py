@@ -34,8 +34,8 @@ from PIL import Image
 
 from ddb import paths
 from ddb.config import Config, ConfigError
+from ddb.data.dataset import groups_of, load_image
 from ddb.data.masks import load_mask
-from ddb.data.waterbirds import groups_of, load_image
 from ddb.models.inversion import (
     placeholder_token,
     prompt_token,

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import Groups, read_metadata
+from ddb.data.dataset import WATERBIRDS_GROUPS, read_metadata
 from ddb.methods import method
 from ddb.models.classifier import save_classifier
 from ddb.training import resolve_device
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def run(config: Config) -> None:
     cfg = config.judge
-    groups = Groups()  # the embedded benchmark's classes and places
+    groups = WATERBIRDS_GROUPS  # the embedded benchmark's classes and places
     table = read_metadata(paths.PREPARED, groups)
     start = time.perf_counter()
     result = method("group_balanced").train(judge_config(config), paths.PREPARED, table, groups)
@@ -90,7 +90,7 @@ def judge_config(config: Config) -> Config:
         seed=cfg.seed,
         group_balanced=dataclasses.replace(config.baselines.group_balanced, mode=cfg.mode),
     )
-    groups = Groups()  # the embedded benchmark's classes and places
+    groups = WATERBIRDS_GROUPS  # the embedded benchmark's classes and places
     data = dataclasses.replace(
         config.data,
         profile="embedded",

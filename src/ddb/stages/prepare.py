@@ -22,7 +22,7 @@ from tqdm import tqdm  # noqa: E402
 from ddb import paths  # noqa: E402
 from ddb.config import Config  # noqa: E402
 from ddb.data import embedded  # noqa: E402
-from ddb.data.waterbirds import SPLITS, Groups  # noqa: E402
+from ddb.data.dataset import SPLITS, WATERBIRDS_GROUPS, Groups  # noqa: E402
 from ddb.utils import atomic_path, md5_listing, write_text  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def run(config: Config) -> None:
     images = embedded.Sources.load(sources)
     table = build(images, cfg, paths.PREPARED)
     write_text(paths.PREPARED_MD5, md5_listing(paths.PREPARED))
-    groups = Groups()
+    groups = WATERBIRDS_GROUPS
     write_text(paths.REPORTS / "data.md", data_report(table, groups, sources, cfg))
     save_grid(table, paths.PREPARED, groups, paths.FIGURES / "data_grid.png")
     log.info("prepared %d images in %s", len(table), paths.PREPARED)

@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 
 from ddb import paths  # noqa: E402
 from ddb.config import Config, PruneConfig  # noqa: E402
-from ddb.data.waterbirds import groups_of, load_image  # noqa: E402
+from ddb.data.dataset import groups_of, load_image  # noqa: E402
 from ddb.utils import atomic_path, write_json  # noqa: E402
 
 log = logging.getLogger(__name__)

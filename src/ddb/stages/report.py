@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from ddb import paths  # noqa: E402
 from ddb.config import Config  # noqa: E402
-from ddb.data.waterbirds import groups_of  # noqa: E402
+from ddb.data.dataset import groups_of  # noqa: E402
 from ddb.tables import METHODS, interval_cell, markdown_table, method_name  # noqa: E402
 from ddb.utils import atomic_path, write_text  # noqa: E402
 

@@ -38,7 +38,7 @@ from torch.utils.data import ConcatDataset
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import ImageTable, load_indexed, split_table
+from ddb.data.dataset import ImageTable, load_indexed, split_table
 from ddb.distributed import main_process_output, process_state
 from ddb.models.classifier import (
     eval_transform,

@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import load_image
+from ddb.data.dataset import load_image
 from ddb.distributed import process_state
 from ddb.models.classifier import eval_transform, load_classifier
 from ddb.utils import atomic_path, remove_stale_temporaries

@@ -30,8 +30,8 @@ import pandas as pd
 from ddb import paths
 from ddb.config import Config, SegmentConfig
 from ddb.data.corpus import bounding_box, dilate
+from ddb.data.dataset import DataError, load_image, load_indexed
 from ddb.data.masks import load_mask, save_mask
-from ddb.data.waterbirds import DataError, load_image, load_indexed
 from ddb.models.langsam import load_langsam
 from ddb.models.loaders import load_segmenter
 from ddb.models.segmenter import mask_iou, segment

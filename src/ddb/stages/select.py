@@ -27,7 +27,7 @@ import pandas as pd
 
 from ddb import paths
 from ddb.config import Config
-from ddb.data.waterbirds import check_enough_images, groups_of
+from ddb.data.dataset import DataError, groups_of
 from ddb.utils import StageError, atomic_path, check_writable, write_json
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,36 @@ def run(config: Config) -> None:
         selected.to_csv(out / "selected.csv", index=False)
         write_json(out / "summary.json", summary)
     log.info("select: %s", summary)
+
+
+def check_enough_images(
+    train_per_class: dict[int, int],
+    class_names,
+    sources_per_class: int,
+    num_images: int,
+    where: str,
+) -> None:
+    """Each class needs `select.sources_per_class` sources plus `invert.num_images`
+    inversion images, all distinct train images. Checked here and at the start of every
+    stage that trains on data.root (ddb.training.load_training_data), so that a small
+    dataset stops before ERM and the baselines train, not at invert."""
+    needed = sources_per_class + num_images
+    for c, name in enumerate(class_names):
+        have = int(train_per_class.get(c, 0))
+        if have >= needed:
+            continue
+        fixes = []
+        if have - num_images >= 1:
+            fixes.append(f"lower select.sources_per_class to at most {have - num_images}")
+        if num_images > 0 and have - sources_per_class >= 0:
+            fixes.append(f"lower invert.num_images to at most {have - sources_per_class}")
+        fixes.append(f"add train images of class {name}")
+        raise DataError(
+            f"{where}: class {name} has {have} train images, but select.sources_per_class "
+            f"({sources_per_class}) + invert.num_images ({num_images}) = {needed} distinct "
+            f"train images are needed per class (the sources, then the inversion images). "
+            f"To fix: {'; or '.join(fixes)}."
+        )
 
 
 def read_train_outputs(path: Path) -> pd.DataFrame:

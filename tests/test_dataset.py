@@ -1,7 +1,8 @@
 import pandas as pd
 import pytest
 
-from ddb.data.waterbirds import (
+from ddb.data.dataset import (
+    WATERBIRDS_GROUPS,
     DataError,
     Groups,
     check_images,
@@ -39,7 +40,7 @@ def test_missing_column_names_it(waterbirds_folder):
     path = waterbirds_folder / "metadata.csv"
     pd.read_csv(path).drop(columns=["place"]).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"metadata.csv: missing column\(s\) place"):
-        read_metadata(waterbirds_folder, Groups())
+        read_metadata(waterbirds_folder, WATERBIRDS_GROUPS)
 
 
 @pytest.mark.parametrize(
@@ -52,22 +53,22 @@ def test_unknown_codes_name_the_row(waterbirds_folder, column, value):
     table.loc[4, column] = value
     table.to_csv(path, index=False)
     with pytest.raises(DataError, match=rf"row 6 has {column} = "):
-        read_metadata(waterbirds_folder, Groups())
+        read_metadata(waterbirds_folder, WATERBIRDS_GROUPS)
 
 
 def test_empty_split_is_an_error(tmp_path):
     root = write_waterbirds_folder(tmp_path, {0: (2, 0, 1), 3: (2, 0, 1)})
     with pytest.raises(DataError, match="val split"):
-        read_metadata(root, Groups())
+        read_metadata(root, WATERBIRDS_GROUPS)
 
 
 def test_missing_metadata_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match="data.root"):
-        read_metadata(tmp_path, Groups())
+        read_metadata(tmp_path, WATERBIRDS_GROUPS)
 
 
 def test_missing_and_corrupt_images_are_named(waterbirds_folder):
-    table = read_metadata(waterbirds_folder, Groups())
+    table = read_metadata(waterbirds_folder, WATERBIRDS_GROUPS)
     first, second = table["img_filename"].iloc[0], table["img_filename"].iloc[3]
     (waterbirds_folder / second).write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match=r"unreadable image .* row 5"):
