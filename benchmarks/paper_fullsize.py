@@ -65,6 +65,7 @@ COUNTS = [
     "baselines.jtt.upweight=1",  # its epoch is N + upweight x errors draws: 100 x 6 errors
     "baselines.group_dro.recipe.epochs=1",
     "baselines.lisa.recipe.epochs=1",
+    "dfr.tune_split=by_group",  # a random half of 2 val images per group misses groups
     "dac.epochs=1",
     "disc.recipe.epochs=1",
     "disc.n_concept_imgs=5",  # the stand-in bank's 6 images per concept

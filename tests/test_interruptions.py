@@ -208,6 +208,9 @@ def _check_after_kill(chain: Chain, stage: str, sig: signal.Signals, lock_before
 @pytest.fixture(scope="module")
 def chain(request, tmp_path_factory) -> Chain:
     project = make_tiny_project(tmp_path_factory.mktemp("interrupted") / "project")
+    # one sample a shard: generate's "after a finished shard" lasts seconds, not the half
+    # second of the tiny profile's 2 shards, which a poll on a loaded machine can miss
+    run_in(project, "python", "-m", "ddb", "params", "generate.shard_size=1")
     chain = Chain(project)
     # (args of `dvc repro`, the stage to kill, the signal); each run resumes the last one
     plan = [

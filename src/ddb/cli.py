@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             "--queue-only",
             action="store_true",
             help="queue the experiments and stop: start the workers yourself (`dvc queue "
-            "start`, one GPU each: README), then run again with --collect-only",
+            "start`, one GPU each: docs/scaling.md), then run again with --collect-only",
         )
     commands.choices["ablations"].add_argument(
         "--only", nargs="+", metavar="NAME", help="run only these controls (default: all)"

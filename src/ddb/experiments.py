@@ -160,7 +160,7 @@ def run_queue(runs: dict[str, dict[str, Any]], start: bool = True) -> None:
 def queued_message(names: list[str], command: str) -> str:
     return (
         f"queued {len(names)} experiments ({', '.join(names)}); start the workers (`dvc queue "
-        f"start -j N`, one GPU each: README, More than one GPU), wait for `dvc queue status`, "
+        f"start -j N`, one GPU each: docs/scaling.md), wait for `dvc queue status`, "
         f"then `ddb {command} --collect-only`"
     )
 
