@@ -76,7 +76,7 @@ def test_toy_mode_measures_every_stage_and_writes_its_block(tmp_path):
     assert "<!-- begin: other -->\nkept\n<!-- end: other -->" in text
     assert f"<!-- begin: paper_fullsize -->\n{body}\n<!-- end: paper_fullsize -->" in text
     rows = {line.split(" | ")[0][2:]: line for line in body.splitlines() if line.startswith("| ")}
-    assert set(fullsize.STAGES) <= set(rows)
+    assert set(fullsize.PROFILE_STAGES) <= set(rows)
     measured = json.loads((tmp_path / "work/measurements.json").read_text())
     for stage, m in measured.items():
         assert m["returncode"] == 0

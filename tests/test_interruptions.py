@@ -41,6 +41,7 @@ pytestmark = [pytest.mark.slow, needs_sources]
 # what each killed stage writes while it works; dvc.yaml's outs of the stage
 WORK_OUTS = {"generate": "models/generate", "score": "models/score", "retrain": "models/ddb"}
 KILL_TIMEOUT = 600  # s for a run to reach the stage (under load the tiny repro takes minutes)
+KILL_ATTEMPTS = 3  # runs per kill: a late poll may signal a stage that has just finished
 
 
 # The folder the stage fills inside atomic_path's temporary one, not the temporary folder
@@ -100,9 +101,10 @@ def _stage_process(dvc: psutil.Process, stage: str) -> psutil.Process | None:
     return None
 
 
-def _repro_killed(chain: Chain, args: list[str], stage: str, sig: signal.Signals) -> str:
+def _repro_killed(chain: Chain, args: list[str], stage: str, sig: signal.Signals) -> str | None:
     """Run `dvc repro *args` in its own session and send `sig` to the whole group (as Ctrl-C
-    does in a terminal, or `kill -9 -PGID`) once `stage` is mid-work."""
+    does in a terminal, or `kill -9 -PGID`) once `stage` is mid-work. Its output, or None
+    when the signal came after the stage had ended (to be tried again)."""
     log = chain.project.parent / f"repro-{len(chain.outputs)}.log"
     with open(log, "w") as handle:
         dvc = subprocess.Popen(
@@ -128,10 +130,17 @@ def _repro_killed(chain: Chain, args: list[str], stage: str, sig: signal.Signals
         dvc.wait(timeout=120)
     out = log.read_text()
     chain.outputs.append(out)
+    ran = _stages_run(out)
+    assert stage in ran, f"the kill landed before {stage}: {ran}\n{out}"
+    if ran[-1] != stage:
+        # The signal came as the stage's work ended (the tiny generate's second shard lasts
+        # half a second; a poll on a loaded machine can come late), and dvc ran on: a miss
+        # of this harness, retried. A stage that swallowed the signal mid-work would miss
+        # every time, and fail the test after KILL_ATTEMPTS.
+        chain.completed.update(ran if dvc.returncode == 0 else ran[:-1])
+        return None
     if dvc.returncode == 0:
         chain.problems.append(f"{stage}: `dvc repro` succeeded although killed by {sig.name}")
-    ran = _stages_run(out)
-    assert ran and ran[-1] == stage, f"the kill landed outside {stage}: {ran}\n{out}"
     chain.completed.update(ran[:-1])
     return out
 
@@ -208,9 +217,6 @@ def _check_after_kill(chain: Chain, stage: str, sig: signal.Signals, lock_before
 @pytest.fixture(scope="module")
 def chain(request, tmp_path_factory) -> Chain:
     project = make_tiny_project(tmp_path_factory.mktemp("interrupted") / "project")
-    # one sample a shard: generate's "after a finished shard" lasts seconds, not the half
-    # second of the tiny profile's 2 shards, which a poll on a loaded machine can miss
-    run_in(project, "python", "-m", "ddb", "params", "generate.shard_size=1")
     chain = Chain(project)
     # (args of `dvc repro`, the stage to kill, the signal); each run resumes the last one
     plan = [
@@ -222,8 +228,12 @@ def chain(request, tmp_path_factory) -> Chain:
         (["--force", "--downstream", "retrain"], "retrain", signal.SIGKILL),
     ]
     for args, stage, sig in plan:
-        lock_before = _lock(project)
-        _repro_killed(chain, args, stage, sig)
+        for _ in range(KILL_ATTEMPTS):
+            lock_before = _lock(project)
+            if _repro_killed(chain, args, stage, sig) is not None:
+                break
+        else:
+            pytest.fail(f"{KILL_ATTEMPTS} kills in a row landed after {stage} had ended")
         _check_after_kill(chain, stage, sig, lock_before)
     _repro(chain)  # what a user runs after an interruption
     never = [s for s in _lock(project) if s not in chain.completed and not _frozen(project, s)]
