@@ -479,6 +479,9 @@ class InvertConfig(Validated):
 
 # generate.dtype / score.dtype: "auto" picks per device (see each stage's doc)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# generate.scheduler: the checkpoint's own (DDIM for the committed model, PNDM for SD2), or
+# diffusers' DPM-Solver++ (multistep, 2nd order) built from the checkpoint's noise schedule
+SCHEDULERS = ("checkpoint", "dpmsolver++")
 
 
 @section
@@ -487,6 +490,7 @@ class GenerateConfig(Validated):
 
     method: StrictStr  # diffusion | copy_paste (a real object of the class, control)
     prompt: StrictStr
+    scheduler: StrictStr  # checkpoint (the one saved with models.diffusion) | dpmsolver++
     steps: StrictInt  # denoising steps
     guidance: StrictFloat  # classifier-free guidance scale
     strength: StrictFloat
@@ -500,6 +504,7 @@ class GenerateConfig(Validated):
     def validate(self) -> None:
         _require_choice("generate.method", self.method, ("diffusion", "copy_paste"))
         _require_choice("generate.dtype", self.dtype, DTYPES)
+        _require_choice("generate.scheduler", self.scheduler, SCHEDULERS)
         for field_ in ("{token}", "{class_name}"):
             _require(field_ in self.prompt, "generate.prompt", f"must contain {field_}")
         for key in ("steps", "batch_size", "samples_per_source", "shard_size"):

@@ -38,7 +38,7 @@ from ddb.data import embedded  # noqa: E402
 from ddb.data.corpus import dilate, object_name  # noqa: E402
 from ddb.data.dataset import WATERBIRDS_GROUPS, read_metadata, split_table  # noqa: E402
 from ddb.models.classifier import eval_transform, load_classifier  # noqa: E402
-from ddb.models.diffusion import inpaint  # noqa: E402
+from ddb.models.diffusion import inpaint, use_scheduler  # noqa: E402
 from ddb.models.langsam import load_langsam  # noqa: E402
 from ddb.models.loaders import load_inpaint_pipeline, load_segmenter  # noqa: E402
 from ddb.models.segmenter import mask_iou, segment  # noqa: E402
@@ -63,8 +63,9 @@ def run(config: Config) -> None:
     predicted = segment_val(config, images, device)
     seg_iou = mask_iou(predicted, truth)
 
-    # generate's dtype rule: float16 on a GPU, float32 (the committed figures) on CPU
+    # generate's dtype rule (float16 on a GPU, float32 on CPU) and its sampler
     pipe = load_inpaint_pipeline(config.models.diffusion, device, resolve_dtype("auto", device))
+    use_scheduler(pipe, config.generate.scheduler)
     pipe.set_progress_bar_config(disable=True)
     masks = np.stack([dilate(m, cfg.dilate) for m in truth])
     rng = np.random.default_rng(cfg.seed)

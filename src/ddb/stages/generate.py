@@ -70,7 +70,7 @@ from ddb.data.corpus import dilate
 from ddb.data.dataset import DataError, groups_of, load_image, load_indexed
 from ddb.data.masks import load_mask
 from ddb.distributed import process_state
-from ddb.models.diffusion import inpaint
+from ddb.models.diffusion import inpaint, use_scheduler
 from ddb.models.inversion import load_learned_embeds, prompt_token
 from ddb.models.loaders import load_inpaint_pipeline
 from ddb.utils import atomic_path, remove_stale_temporaries, sha256_file, write_json
@@ -275,10 +275,12 @@ def prepare_output(work: Path, fingerprint: dict, n_shards: int) -> None:
 
 
 def load_pipeline(config: Config, class_names, device):
-    """The inpainting pipeline with every class's learned token, in `generate.dtype` and
-    made fast for its device by `optimize_pipeline`."""
+    """The inpainting pipeline with every class's learned token, in `generate.dtype`, with
+    `generate.scheduler`'s sampler, made fast for its device by `optimize_pipeline`."""
     dtype = resolve_dtype(config.generate.dtype, device)
-    pipe = load_inpaint_pipeline(config.models.diffusion, device, dtype)
+    pipe = use_scheduler(
+        load_inpaint_pipeline(config.models.diffusion, device, dtype), config.generate.scheduler
+    )
     if config.invert.num_images > 0:  # else the no-inversion control: class words
         for name in class_names:
             load_learned_embeds(pipe, paths.INVERT / name / "learned_embeds.safetensors")
