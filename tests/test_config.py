@@ -38,6 +38,7 @@ def with_changes(text: str) -> str:
         ("retrain:\n  gamma: [1.0]\n", ["retrain.gamma", "one weight per class"]),
         ("segment:\n  mask_shape: circle\n", ["segment.mask_shape", "outline"]),
         ("generate:\n  prompt: a photo of a bird\n", ["generate.prompt", "{token}"]),
+        ("generate:\n  scheduler: dpm\n", ["generate.scheduler", "dpmsolver++"]),
         ("prune:\n  threshold: 1.5\n", ["prune.threshold", "[0, 1]"]),
         ("invert:\n  class_name: ''\n", ["invert.class_name"]),
     ],

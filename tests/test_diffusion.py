@@ -77,6 +77,32 @@ def test_saved_pipeline_reloads_and_paste_back_is_exact(tiny, tmp_path):
     assert np.array_equal(out, again)  # seeded
 
 
+def test_dpm_solver_keeps_the_checkpoints_noise_schedule_and_paste_back(tiny):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    tokenizer, vae, unet, text = tiny
+    pipe = diffusion.make_pipeline(vae, unet, text, tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    checkpoint = pipe.scheduler
+    assert diffusion.use_scheduler(pipe, "checkpoint").scheduler is checkpoint
+    data = _corpus(n=2)
+    masks, prompts = data["object_masks"], ["a photo of a crow"] * 2
+    ddim = diffusion.inpaint(pipe, data["images"], masks, prompts, steps=3)
+    diffusion.use_scheduler(pipe, "dpmsolver++")
+    assert isinstance(checkpoint, DDIMScheduler)
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
+    # the same trained noise schedule: only the sampler changes
+    assert torch.equal(pipe.scheduler.alphas_cumprod, checkpoint.alphas_cumprod)
+    assert pipe.scheduler.config.prediction_type == checkpoint.config.prediction_type
+    dpm = diffusion.inpaint(pipe, data["images"], masks, prompts, steps=3)
+    assert np.array_equal(dpm[~masks], data["images"][~masks])
+    assert not np.array_equal(dpm, ddim)  # another sampler, another image
+    assert np.array_equal(dpm, diffusion.inpaint(pipe, data["images"], masks, prompts, steps=3))
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        diffusion.use_scheduler(pipe, "euler")
+
+
 def test_latent_corpus_holds_the_vae_encoding_of_each_masked_image(tiny):
     from ddb.data.corpus import dilate
 
