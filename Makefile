@@ -32,7 +32,7 @@ lint: $(STAMP)
 PYTEST_WORKERS ?= 2
 
 test: setup lint
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: setup
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"

@@ -116,14 +116,19 @@ def _repro_killed(chain: Chain, args: list[str], stage: str, sig: signal.Signals
             start_new_session=True,
         )
         deadline = time.monotonic() + KILL_TIMEOUT
-        parent = psutil.Process(dvc.pid)
+        parent, process = psutil.Process(dvc.pid), None
         while True:
             assert dvc.poll() is None, (
                 f"`dvc repro {' '.join(args)}` ended before {stage} was mid-work:\n"
                 + log.read_text()
             )
             assert time.monotonic() < deadline, f"{stage} not mid-work in {KILL_TIMEOUT} s"
-            if MID_WORK[stage](chain.project) and _stage_process(parent, stage):
+            # Walking dvc's process tree reads all of /proc (slow on a loaded machine), so it
+            # is done until the stage's process appears; then only the cheap glob is polled,
+            # and the half-second window of the tiny generate's second shard is not missed.
+            if process is None or not process.is_running():
+                process = _stage_process(parent, stage)
+            if process is not None and MID_WORK[stage](chain.project):
                 break
             time.sleep(0.005)  # poll: the tiny stages' work lasts a fraction of a second
         os.killpg(dvc.pid, sig)
