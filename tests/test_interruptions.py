@@ -90,6 +90,15 @@ def _lock(project: Path) -> dict:
     return yaml.safe_load(path.read_text())["stages"] if path.is_file() else {}
 
 
+def _ignored_signals(pid: int) -> str:
+    """The SigIgn mask of a process (hex, bit n-1 = signal n), or '?' once it has gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return "?"
+    return next((line.split()[1] for line in status.splitlines() if line.startswith("SigIgn")), "?")
+
+
 def _stage_process(dvc: psutil.Process, stage: str) -> psutil.Process | None:
     """The `python -m ddb <stage>` process that `dvc` started (through the shell), if any."""
     for child in dvc.children(recursive=True):
@@ -114,6 +123,10 @@ def _repro_killed(chain: Chain, args: list[str], stage: str, sig: signal.Signals
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Ctrl-C's default action, as in a terminal: a signal a test process ignores (its
+            # disposition is inherited through exec) would otherwise be ignored by dvc and
+            # the stage too, and every kill would seem to land late
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + KILL_TIMEOUT
         parent, process = psutil.Process(dvc.pid), None
@@ -131,8 +144,12 @@ def _repro_killed(chain: Chain, args: list[str], stage: str, sig: signal.Signals
             if process is not None and MID_WORK[stage](chain.project):
                 break
             time.sleep(0.005)  # poll: the tiny stages' work lasts a fraction of a second
+        ignored = _ignored_signals(process.pid)
         os.killpg(dvc.pid, sig)
+        sent = f"{time.strftime('%H:%M:%S')} (the stage's ignored signals: {ignored})"
         dvc.wait(timeout=120)
+    with open(log, "a") as handle:  # where the kill landed, beside the stages' timestamps
+        handle.write(f"\ntest harness: {sig.name} sent to `dvc repro` at {sent}\n")
     out = log.read_text()
     chain.outputs.append(out)
     ran = _stages_run(out)
