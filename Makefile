@@ -28,14 +28,16 @@ lint: $(STAMP)
 
 # Two pytest workers (pytest-xdist), one test file each at a time: the end-to-end tests are
 # mostly Python start-up and imports of their stage processes (one core each), so two of
-# them run side by side; the tiny project they share is built once (tests/conftest.py).
+# them run side by side; the tiny project they share is built once (tests/conftest.py),
+# which also orders the files longest first (hence --no-loadscope-reorder).
 PYTEST_WORKERS ?= 2
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: setup lint
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/pytest $(PYTEST_XDIST) --durations=25
 
 test-fast: setup
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
+	$(BIN)/pytest $(PYTEST_XDIST) -m "not slow"
 
 # The whole method on the tiny profile (conf/debug/tiny.yaml) in a scratch project
 # .quickstart/ (the workspace's outputs untouched): its table is .quickstart/quickstart.md.

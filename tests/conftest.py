@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,17 @@ from PIL import Image
 from ddb import paths
 from ddb.config import Config, Recipe, compose_params, from_dict, load_config
 from ddb.data.embedded import source_paths
+from ddb.experiments import override_args, paper_runs
 from ddb.params_log import ENV
 from ddb.quickstart import make_project
 
 REPO = Path(__file__).resolve().parents[1]
+GIT_IDENTITY = {  # for the commits of git and `dvc exp` on a machine without a git identity
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
 
 # Under pytest-xdist each worker, and every stage process it starts, computes on one thread:
 # two workers then fill two cores, where torch's default (a thread per core in every
@@ -31,6 +39,30 @@ REPO = Path(__file__).resolve().parents[1]
 # runs compares runs on the same thread count.
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# `make test`'s two workers take whole files in collection order (Makefile: --dist loadfile
+# --no-loadscope-reorder), each a new file when nearly out of tests. The longest files go
+# first (longest-processing-time-first scheduling), so that no worker is left alone with one
+# at the end: test_pipeline builds the shared tiny projects (~330 s) while the other worker
+# runs the interruption chain, which needs tiny_project only at its end. The rest keep
+# pytest's order. Seconds per file: reports/benchmarks.md (benchmarks/suite_durations.py).
+RUN_FIRST = [
+    "test_pipeline.py",
+    "test_interruptions.py",
+    "test_paper_profile.py",
+    "test_sharing.py",
+    "test_benchmarks_fullsize.py",
+    "test_ddb_stages.py",
+    "test_unet_step.py",
+    "test_queue_workers.py",
+    "test_dvc_noop_benchmark.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(RUN_FIRST)))  # stable
+
 
 needs_sources = pytest.mark.skipif(
     any(not path.is_file() for _, path in source_paths().values()),
@@ -207,21 +239,48 @@ def copy_project(source: Path, destination: Path) -> Path:
 def tiny_project(tmp_path_factory) -> Path:
     """The tiny profile reproduced once per test run: a git + DVC project on which
     `dvc repro` has run, everything committed. Shared and never changed: copy it with
-    `copy_project` before running anything that writes.
+    `copy_project` before running anything that writes."""
+    return built_once(tmp_path_factory, "tiny_project", build_tiny_project)
 
-    Under pytest-xdist (`make test` runs two workers) the first worker to need it builds it
-    in the run's common temporary folder while the other waits on a file lock, so the
-    ~100 s `dvc repro` is paid once, not once per worker."""
+
+@pytest.fixture(scope="session")
+def tiny_project_seed1(tiny_project, tmp_path_factory) -> Path:
+    """`tiny_project` (copied) whose DVC run cache also holds every stage of the paper
+    table's seed 1 (`dvc exp run` with `experiments.paper_runs`' overrides, then the
+    experiment removed: the workspace, git and `dvc exp show` are tiny_project's).
+
+    The queue test (tests/test_pipeline.py) and the sharing test (tests/test_sharing.py)
+    both run that seed; with this cache DVC restores its stages instead of training them
+    again in each (~150 s each on 2 cores), as a lab's second run of the same params would.
+    What they check (which stages a seed reaches, that experiments travel between clones)
+    reads DVC's log of stages run *or* restored. Shared and never changed, like
+    tiny_project."""
+
+    def build(root: Path) -> Path:
+        copy_project(tiny_project, root)
+        overrides = paper_runs(["embedded"], 2)["embedded-seed1"][2]
+        run = ["dvc", "exp", "run", "--temp", "-n", "cache-seed1", *override_args(overrides)]
+        run_in(root, *run, "report", env=GIT_IDENTITY)  # an experiment is a git commit
+        run_in(root, "dvc", "exp", "remove", "cache-seed1")
+        return root
+
+    return built_once(tmp_path_factory, "tiny_project_seed1", build)
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """`build(root)` run once per test run. Under pytest-xdist (`make test` runs two
+    workers) the first worker to need it builds it in the run's common temporary folder
+    while another waits on a file lock, so its `dvc repro` is paid once, not per worker."""
     if "PYTEST_XDIST_WORKER" not in os.environ:  # plain pytest: one process
-        return build_tiny_project(tmp_path_factory.mktemp("tiny_project"))
+        return build(tmp_path_factory.mktemp(name) / name)
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp().parent / "tiny_project"
-    built = root.with_name("tiny_project.built")  # beside it: not a file of the project
+    root = tmp_path_factory.getbasetemp().parent / name
+    built = root.with_name(f"{name}.built")  # beside it: not a file of the project
     with FileLock(f"{root}.lock"):
         if not built.is_file():
             shutil.rmtree(root, ignore_errors=True)  # a worker that failed half-way
-            build_tiny_project(root)
+            build(root)
             built.touch()
     return root
 

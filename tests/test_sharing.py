@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 
 from ddb.experiments import override_args, paper_runs
-from tests.conftest import commit_all, copy_project, needs_sources, run_in
+from tests.conftest import GIT_IDENTITY, commit_all, copy_project, needs_sources, run_in
 
 pytestmark = [pytest.mark.slow, needs_sources]
-
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@t",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@t",
-}
 
 
 def _run(cwd: Path, *args: str) -> str:
@@ -30,11 +23,13 @@ def _stages_run(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def shared(tiny_project, tmp_path_factory):
+def shared(tiny_project_seed1, tmp_path_factory):
     """The reproduced tiny project with a local DVC remote (committed in .dvc/config) and
-    a bare git remote, both pushed: what a lab's first machine does after `dvc repro`."""
+    a bare git remote, both pushed: what a lab's first machine does after `dvc repro`. Its
+    run cache, pushed too, holds seed 1's stages (tests/conftest.py: tiny_project_seed1),
+    so the workers below restore that seed's stages rather than train them."""
     root = tmp_path_factory.mktemp("sharing")
-    origin = copy_project(tiny_project, root / "origin")
+    origin = copy_project(tiny_project_seed1, root / "origin")
     storage, git_remote = root / "dvc-storage", root / "git-remote.git"
     _run(origin, "dvc", "remote", "add", "-d", "shared", str(storage))
     params = origin / "params.yaml"
