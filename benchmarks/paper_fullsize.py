@@ -183,12 +183,6 @@ def table(
     return lines
 
 
-def avx512() -> str:
-    """', AVX-512' where the CPU has it: convolutions run some 2.7x slower without."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return ", AVX-512" if "avx512f" in flags else ""
-
-
 def report_block(
     size: str, counts: list[str], results, units, build_seconds: float, rates=None, notes=()
 ) -> str:
@@ -196,7 +190,7 @@ def report_block(
     lines = [
         "## The paper's models at full size on CPU (`benchmarks/paper_fullsize.py`)",
         "",
-        f"Measured {datetime.date.today()} on {machine()}{avx512()}, under `nice -n 5` on a "
+        f"Measured {datetime.date.today()} on {machine()}, under `nice -n 5` on a "
         "machine shared with other work (seconds are wall time, noisy). Models: "
         f'tests/paper_world.py\'s `size="{size}"` stand-ins ({WORLDS[size]}, random '
         "weights) of SD2 inpainting and base (UNets, VAE, OpenCLIP ViT-H text encoder), "

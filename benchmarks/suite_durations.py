@@ -13,6 +13,7 @@ show which files the wall is made of. Compare two runs on one machine, one after
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
 import subprocess
 import sys
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> str:
         [
             "## `make test`: seconds per test file",
             "",
-            f"`python benchmarks/suite_durations.py`; {machine()}; pytest-xdist, "
-            f"{args.workers} workers, `--dist loadfile --no-loadscope-reorder`, lint not included.",
+            f"`python benchmarks/suite_durations.py`, {datetime.date.today()}; {machine()}; "
+            f"pytest-xdist, {args.workers} workers, `--dist loadfile --no-loadscope-reorder`, "
+            "lint not included.",
             "",
             table(after, before),
             "",
